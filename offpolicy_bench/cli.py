@@ -1,0 +1,98 @@
+"""`offbench` command line: run, methods, tasks."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+
+from .registry import OffbenchError
+
+RUN_HELP = """Train one run. Arguments are key=value overrides of the config, e.g.
+
+  offbench run method=vespo task=math staleness=16
+  offbench run model=moe optim.lr=1e-4 method.c1_pos=3 train.steps=64
+
+`method=NAME` / `task=NAME` pick a registry entry and bring its arguments (method.<arg>,
+task.<arg>); `model=dense|moe|PATH`. Unknown keys and wrong types are errors. The resolved
+config is printed, and saved with the results as config.yaml.
+
+keys (default, meaning):
+"""
+
+
+def _run(args) -> int:
+    from omegaconf import OmegaConf
+
+    from .config import build_config
+    from .trainer import train
+
+    cfg = build_config(args.overrides)
+    print(OmegaConf.to_yaml(cfg), end="", flush=True)
+    result = train(cfg, log=lambda msg: print(msg, flush=True))
+    print(f"results: {result['dir']}")
+    return 0
+
+
+def _methods(args) -> int:
+    from .method import METHODS, field_docs
+    from .plugins import load_builtin
+
+    load_builtin()
+    print(method_table(METHODS))
+    return 0
+
+
+def method_table(methods) -> str:
+    rows = ["| method | ratio vs | level | default agg | defaults | source |", "|---|---|---|---|---|---|"]
+    for name, m in methods.items():
+        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(m.args)) or "-"
+        ratio = {"behaviour": "mu (behaviour)", "old": "pi_old", "none": "-"}[m.ratio]
+        rows.append(f"| `{name}` | {ratio} | {m.level} | {m.default_agg} | {defaults} | {m.equation} |")
+    return "\n".join(rows)
+
+
+def task_table(tasks) -> str:
+    rows = ["| task | kind | version | source | arguments |", "|---|---|---|---|---|"]
+    for name, cls in tasks.items():
+        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.args)) or "-"
+        rows.append(f"| `{name}` | {cls.kind} | {cls.version} | {cls.source} | {defaults} |")
+    return "\n".join(rows)
+
+
+def _tasks(args) -> int:
+    from .plugins import load_builtin
+    from .tasks_api import TASKS
+
+    load_builtin()
+    print(task_table(TASKS))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="offbench", description="Benchmark off-policy corrections for LLM RL.")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    if len(argv) >= 2 and argv[0] == "run" and argv[1] in ("-h", "--help"):
+        from .config import help_text
+
+        print("usage: offbench run [key=value ...]\n\n" + RUN_HELP + help_text())
+        return 0
+    p_run = sub.add_parser("run", help="train one run (offbench run --help lists every key)")
+    p_run.add_argument("overrides", nargs="*", help="key=value config overrides")
+    p_run.set_defaults(fn=_run)
+    sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
+    sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
+    args = parser.parse_args(argv)
+    try:
+        return args.fn(args)
+    except OffbenchError as e:
+        print(f"offbench: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\noffbench: interrupted; the run folder is kept and marked 'interrupted'", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,338 @@
+"""Typed run configuration: structured dataclasses, `key=value` overrides, validation.
+
+`method=vespo` and `task=math` select a registry entry and bring its typed arguments in, so
+`method.c1_pos=3` is type-checked; `model=moe` is shorthand for `model.name=moe`. Unknown keys
+and wrong types are errors. Every value is resolved before the run starts and saved with it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from .losses import AGG_MODES
+from .registry import OffbenchError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "dense"
+    """dense | moe (tiny Qwen3-style models built locally) | path to a Hugging Face model dir"""
+    hidden_size: int = 128
+    """width of the built-in models"""
+    num_layers: int = 4
+    """decoder layers of the built-in models"""
+    num_heads: int = 4
+    """attention heads"""
+    num_kv_heads: int = 2
+    """key/value heads (grouped-query attention)"""
+    intermediate_size: int = 384
+    """MLP width of the dense model"""
+    num_experts: int = 8
+    """experts per MoE layer (model=moe)"""
+    experts_per_token: int = 2
+    """top-k routing (model=moe)"""
+    moe_intermediate_size: int = 96
+    """width of one expert (model=moe)"""
+
+
+@dataclass
+class WarmStartConfig:
+    steps: int = 600
+    """supervised steps on the task's reference answers before RL (0 = start RL from the raw model)"""
+    batch_size: int = 64
+    """examples per supervised step"""
+    lr: float = 3e-3
+    """supervised learning rate (AdamW, cosine decay)"""
+    seed: int = 0
+    """seed of model init and warm start; kept apart from `seed` so RL seeds share one warm start"""
+    cache: bool = True
+    """reuse a warm start cached on disk under the hash of everything that determines it"""
+
+
+@dataclass
+class RolloutConfig:
+    engine: str = "hf"
+    """rollout engine (hf)"""
+    group_size: int = 8
+    """responses sampled per prompt (G); GRPO advantages are computed within each group"""
+    temperature: float = 1.0
+    """sampling temperature; behaviour and trainer log-probs both use softmax(logits / T)"""
+    max_new_tokens: int = 8
+    """response length cap; a response that hits it without EOS is graded as it stands"""
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 2e-4
+    """RL learning rate (AdamW); keep it well below the warm start's"""
+    beta1: float = 0.9
+    """AdamW beta1"""
+    beta2: float = 0.999
+    """AdamW beta2"""
+    weight_decay: float = 0.0
+    """AdamW weight decay"""
+    grad_clip: float = 1.0
+    """max global grad norm (<= 0 disables clipping)"""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 192
+    """gradient steps (one per mini-batch, as on the paper's plots); a multiple of staleness"""
+    minibatch_prompts: Optional[int] = None
+    """prompts per mini-batch (one optimizer step); null = batch_prompts / staleness, or 8"""
+    batch_prompts: Optional[int] = None
+    """prompts per rollout batch; null = minibatch_prompts x staleness (the paper's scheme)"""
+    adv_std_norm: bool = True
+    """GRPO advantage (R - mean) / (std + 1e-6); false = Dr.GRPO mean-only"""
+
+
+@dataclass
+class LogConfig:
+    eval_every: int = 16
+    """held-out greedy accuracy every this many gradient steps (and at step 0 and the end)"""
+    out_dir: str = "results"
+    """results root; the run goes to <out_dir>/<name>/"""
+    progress: bool = True
+    """show a progress bar"""
+
+
+@dataclass
+class RunConfig:
+    method: Any = "vespo"
+    """correction method (see `offbench methods`); its arguments are method.<arg>"""
+    task: Any = "math"
+    """task (see `offbench tasks`); its arguments are task.<arg>"""
+    staleness: int = 4
+    """N: a rollout batch is split into N mini-batches updated in turn; the last is N-1 versions old"""
+    seed: int = 0
+    """RL seed (sampling, prompt order)"""
+    name: Optional[str] = None
+    """run folder name; null = <method>_<task>_<model>_N<staleness>_seed<seed>"""
+    device: str = "cpu"
+    """torch device"""
+    threads: int = 0
+    """torch CPU threads (0 = torch's default)"""
+    plugins: List[str] = field(default_factory=list)
+    """extra modules to import so they register methods or tasks, e.g. [my_pkg.my_loss]"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+
+GROUPS = {"method": "METHODS", "task": "TASKS"}  # keys whose value selects a registry entry
+SHORTHANDS = {"model": "model.name"}
+
+
+@dataclass
+class _MethodCommon:
+    name: str = ""
+    agg: Optional[str] = None
+    """loss aggregation mode; null = the method's declared default (the mode used is recorded)"""
+    agg_norm_len: Optional[float] = None
+    """constant of seq-mean-token-sum-norm; null = rollout.max_new_tokens"""
+
+
+@dataclass
+class _TaskCommon:
+    name: str = ""
+
+
+def _group_node(common: type, name: str, args_cls: type) -> DictConfig:
+    """A typed config node: the common fields plus the registry entry's args dataclass."""
+    import typing
+
+    common_types, arg_types = typing.get_type_hints(common), typing.get_type_hints(args_cls)
+    fields = [(f.name, common_types[f.name], field(default=f.default)) for f in dataclasses.fields(common)]
+    for f in dataclasses.fields(args_cls):
+        if f.name in common_types:
+            raise OffbenchError(f"{args_cls.__name__}.{f.name} clashes with a common config key; rename it")
+        default = (field(default_factory=f.default_factory) if f.default_factory is not dataclasses.MISSING
+                   else field(default=f.default))
+        fields.append((f.name, arg_types[f.name], default))
+    cls = dataclasses.make_dataclass(f"{args_cls.__name__}Node", fields)
+    node = OmegaConf.structured(cls)
+    node.name = name
+    return node
+
+
+def parse_overrides(overrides: list[str]) -> list[tuple[str, str]]:
+    pairs = []
+    for item in overrides:
+        if "=" not in item:
+            raise OffbenchError(f"override {item!r} is not key=value (e.g. staleness=16 or method.c1_pos=3)")
+        key, value = item.split("=", 1)
+        key = key.strip().lstrip("+")
+        if not key:
+            raise OffbenchError(f"override {item!r} has an empty key")
+        pairs.append((SHORTHANDS.get(key, key), value))
+    return pairs
+
+
+def _all_keys(node, prefix="") -> list[str]:
+    keys = []
+    for k in node.keys():
+        full = f"{prefix}{k}"
+        keys.append(full)
+        child = node._get_node(k)
+        if isinstance(child, DictConfig):
+            keys.extend(_all_keys(child, full + "."))
+    return keys
+
+
+def _check_key(cfg: DictConfig, key: str) -> None:
+    keys = _all_keys(cfg)
+    if key in keys:
+        return
+    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    if not close:  # a bare leaf name the user put at the wrong level, e.g. `lr=` for `optim.lr=`
+        close = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
+    hint = f" Did you mean {' or '.join(close)}?" if close else ""
+    group = key.split(".")[0]
+    extra = f" (`offbench {group}s` lists each one's arguments)" if group in GROUPS else ""
+    raise OffbenchError(f"unknown config key {key!r}.{hint} `offbench run --help` lists every key{extra}")
+
+
+def build_config(overrides: list[str] | None = None) -> DictConfig:
+    """Defaults <- group selections <- overrides, then validation and derived values."""
+    from . import plugins
+    from .method import METHODS
+    from .tasks_api import TASKS
+
+    registries = {"method": METHODS, "task": TASKS}
+    pairs = parse_overrides(overrides or [])
+    cfg = OmegaConf.structured(RunConfig)
+    # plugins first: they may register the method or task the other overrides name
+    plugin_values = [v for k, v in pairs if k == "plugins"]
+    if plugin_values:
+        _merge(cfg, "plugins", plugin_values[-1])
+    plugins.load_plugins(list(cfg.plugins))
+    for group, reg in registries.items():
+        chosen = [v for k, v in pairs if k == group or k == f"{group}.name"]
+        name = chosen[-1].strip() if chosen else getattr(RunConfig, group)
+        entry = reg.get(name)
+        OmegaConf.set_struct(cfg, False)
+        cfg[group] = _group_node(_MethodCommon if group == "method" else _TaskCommon, name, entry.args)
+        OmegaConf.set_struct(cfg, True)
+    for key, value in pairs:
+        if key in registries or key in (f"{g}.name" for g in registries) or key == "plugins":
+            continue
+        _check_key(cfg, key)
+        _merge(cfg, key, value)
+    resolve(cfg)
+    return cfg
+
+
+def _merge(cfg: DictConfig, key: str, value: str) -> None:
+    try:
+        update = OmegaConf.from_dotlist([f"{key}={value}"])
+        merged = OmegaConf.merge(cfg, update)
+    except OmegaConfBaseException as e:
+        node = OmegaConf.select(cfg, key, throw_on_missing=False)
+        expected = type(node).__name__ if node is not None else "another type"
+        msg = str(e).splitlines()[0]
+        raise OffbenchError(f"bad value for {key}: {value!r} ({msg}; current value {node!r} is {expected})") from None
+    for k in merged:
+        cfg[k] = merged[k]
+
+
+def _positive(cfg: DictConfig, *keys: str) -> None:
+    for key in keys:
+        v = OmegaConf.select(cfg, key)
+        if v is not None and v <= 0:
+            raise OffbenchError(f"{key} must be positive, got {v}")
+
+
+def resolve(cfg: DictConfig) -> None:
+    """Validate and fill derived values in place, so the saved config says what actually ran."""
+    from .method import METHODS
+
+    _positive(cfg, "staleness", "train.steps", "train.minibatch_prompts", "train.batch_prompts",
+              "rollout.group_size", "rollout.temperature", "rollout.max_new_tokens", "optim.lr",
+              "log.eval_every", "warmstart.batch_size", "model.hidden_size", "model.num_layers",
+              "model.num_heads", "model.num_kv_heads")
+    if cfg.warmstart.steps < 0:
+        raise OffbenchError(f"warmstart.steps must be >= 0, got {cfg.warmstart.steps}")
+    n = cfg.staleness
+    t = cfg.train
+    if t.batch_prompts is not None and t.batch_prompts % n:
+        lo, hi = (t.batch_prompts // n) * n, (t.batch_prompts // n + 1) * n
+        raise OffbenchError(
+            f"train.batch_prompts={t.batch_prompts} is not divisible by staleness={n}: choose a multiple of "
+            f"{n} (e.g. {lo or hi} or {hi}), or leave it unset to use minibatch_prompts x staleness")
+    if t.minibatch_prompts is None:
+        t.minibatch_prompts = t.batch_prompts // n if t.batch_prompts is not None else 8
+    if t.batch_prompts is None:
+        t.batch_prompts = t.minibatch_prompts * n
+    if t.batch_prompts != t.minibatch_prompts * n:
+        raise OffbenchError(
+            f"train.batch_prompts={t.batch_prompts} != minibatch_prompts={t.minibatch_prompts} x staleness={n}; "
+            f"set only one of them")
+    if t.steps % n:
+        raise OffbenchError(
+            f"train.steps={t.steps} is not a multiple of staleness={n} (each rollout batch gives {n} gradient "
+            f"steps): use {max(n, t.steps // n * n)} or {(t.steps // n + 1) * n}")
+    m = cfg.method
+    if m.agg is None:
+        m.agg = METHODS.get(m.name).default_agg
+    if m.agg not in AGG_MODES:
+        raise OffbenchError(f"method.agg={m.agg!r} is not an aggregation mode; choose one of {', '.join(AGG_MODES)}")
+    if m.agg_norm_len is None:
+        m.agg_norm_len = float(cfg.rollout.max_new_tokens)
+    if cfg.name is None:
+        model_tag = os.path.basename(os.path.normpath(cfg.model.name))
+        cfg.name = f"{m.name}_{cfg.task.name}_{model_tag}_N{n}_seed{cfg.seed}"
+    if os.sep in cfg.name or cfg.name in ("", ".", ".."):
+        raise OffbenchError(f"name={cfg.name!r} must be a plain folder name")
+
+
+def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = ("name", "log", "threads")) -> str:
+    """Stable id of everything that changes the result (not the name, logging or thread count)."""
+    d = OmegaConf.to_container(cfg, resolve=True)
+    for k in exclude:
+        d.pop(k, None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def help_text() -> str:
+    """Every key with its default and doc, from the dataclasses themselves."""
+    from .method import METHODS, field_docs
+
+    lines = []
+
+    def walk(cls, prefix):
+        docs = field_docs(cls)
+        for f in dataclasses.fields(cls):
+            if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) or (
+                    f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)):
+                walk(f.default_factory, f"{prefix}{f.name}.")
+                continue
+            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+            lines.append(f"  {prefix + f.name + '=' + json.dumps(default):<40} {docs.get(f.name, '')}")
+
+    walk(RunConfig, "")
+    from . import plugins
+
+    plugins.load_builtin()
+    for common, group in ((_MethodCommon, "method"),):
+        docs = field_docs(common)
+        for f in dataclasses.fields(common)[1:]:
+            lines.append(f"  {group + '.' + f.name + '=' + json.dumps(f.default):<40} {docs.get(f.name, '')}")
+    default = METHODS.get(RunConfig.method)
+    docs = field_docs(default.args)
+    for f in dataclasses.fields(default.args):
+        lines.append(f"  {'method.' + f.name + '=' + json.dumps(f.default):<40} "
+                     f"[{default.name}] {docs.get(f.name, '')}")
+    return "\n".join(lines)

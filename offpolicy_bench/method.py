@@ -1,0 +1,126 @@
+"""The method contract: a pure function (PolicyBatch, args) -> (loss matrix [B, T], diagnostics).
+
+A method never touches the model, optimizer or data. Aggregation of the loss matrix is shared
+(`losses.aggregate`): each method declares a default mode, the config may override it, and the
+mode actually used is returned with the output (and recorded with results).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import Tensor
+
+from .losses import AGG_MODES, PolicyBatch, aggregate
+from .registry import OffbenchError, Registry
+
+RATIO_VS = ("behaviour", "old", "none")  # which reference a method's ratio uses: mu, pi_old, or none
+LEVELS = ("token", "sequence")
+
+
+@dataclass
+class MethodOutput:
+    loss: Tensor  # scalar, aggregated
+    loss_matrix: Tensor  # [B, T] per-token loss before aggregation
+    metrics: dict[str, float]
+    agg: str  # aggregation mode used
+
+
+@dataclass
+class Method:
+    name: str
+    fn: Callable[[PolicyBatch, Any], tuple[Tensor, dict[str, float]]]
+    args: type  # frozen dataclass of typed defaults
+    default_agg: str
+    ratio: str
+    level: str
+    equation: str
+    origin: str
+    doc: str = ""
+
+    def make_args(self, cfg: Any = None, **overrides) -> Any:
+        """Build this method's args from its defaults, a mapping/dataclass `cfg`, and overrides.
+        Keys that are not method args (name, agg, ...) are ignored; unknown keys are errors."""
+        values: dict[str, Any] = {}
+        if cfg is not None:
+            if dataclasses.is_dataclass(cfg) and not isinstance(cfg, type):
+                values.update(dataclasses.asdict(cfg))
+            else:
+                values.update(dict(cfg))
+        values.update(overrides)
+        names = {f.name for f in dataclasses.fields(self.args)}
+        for k in list(values):
+            if k in ("name", "agg", "agg_norm_len"):
+                values.pop(k)
+            elif k not in names:
+                raise OffbenchError(
+                    f"method {self.name!r} has no argument {k!r}; its arguments: {', '.join(sorted(names))}"
+                )
+        return self.args(**values)
+
+    def __call__(self, batch: PolicyBatch, cfg: Any = None, agg: str | None = None,
+                 agg_norm_len: float | None = None, **overrides) -> MethodOutput:
+        if cfg is not None and agg is None:
+            agg = cfg.get("agg") if hasattr(cfg, "get") else getattr(cfg, "agg", None)
+        args = self.make_args(cfg, **overrides)
+        loss_mat, metrics = self.fn(batch, args)
+        mode = agg or self.default_agg
+        loss = aggregate(loss_mat, batch.mask, mode, agg_norm_len)
+        return MethodOutput(loss=loss, loss_matrix=loss_mat, metrics=metrics, agg=mode)
+
+
+METHODS: Registry[Method] = Registry("method")
+
+
+@dataclass(frozen=True)
+class NoArgs:
+    """This method has no arguments."""
+
+
+def register_method(name: str, *, args: type = NoArgs, default_agg: str = "token-mean",
+                    ratio: str, level: str, equation: str):
+    """Decorator: register a method function under `name` with its typed defaults."""
+    if default_agg not in AGG_MODES:
+        raise OffbenchError(f"method {name!r}: default_agg {default_agg!r} not in {AGG_MODES}")
+    if ratio not in RATIO_VS or level not in LEVELS:
+        raise OffbenchError(f"method {name!r}: ratio must be one of {RATIO_VS}, level one of {LEVELS}")
+
+    def deco(fn):
+        origin = f"{fn.__module__}.{fn.__qualname__}"
+        METHODS.add(name, Method(name, fn, args, default_agg, ratio, level, equation, origin,
+                                 (fn.__doc__ or "").strip()), origin)
+        return fn
+
+    return deco
+
+
+def get_method(name: str) -> Method:
+    from . import plugins
+
+    plugins.load_builtin()
+    return METHODS.get(name)
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """Attribute docstrings of a dataclass (the string literal right after each field)."""
+    import ast
+    import inspect
+    import textwrap
+
+    try:
+        tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    except (OSError, TypeError):
+        return {}
+    body = tree.body[0].body if tree.body and isinstance(tree.body[0], ast.ClassDef) else []
+    docs = {}
+    for a, b in zip(body, body[1:]):
+        if isinstance(a, ast.AnnAssign) and isinstance(a.target, ast.Name) and isinstance(b, ast.Expr) \
+                and isinstance(getattr(b, "value", None), ast.Constant) and isinstance(b.value.value, str):
+            docs[a.target.id] = " ".join(b.value.value.split())
+    return docs
+
+
+__all__ = ["Method", "MethodOutput", "METHODS", "register_method", "get_method", "NoArgs", "field",
+           "field_docs"]

@@ -1,0 +1,140 @@
+"""Run folders: resolved config, tidy long metrics table, one-line summary; every write atomic.
+
+results/<name>/
+  config.yaml      the resolved config (every value that ran)
+  run.json         run_id, status (running | finished | interrupted | failed), versions, commit, wall time
+  metrics.parquet  long: step, split, metric, value
+  summary.json     one line: the headline numbers
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from importlib import metadata
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from .registry import OffbenchError
+
+METRIC_COLUMNS = ["step", "split", "metric", "value"]
+
+
+def _umask_mode() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, rename: readers see old or new, never half."""
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-")
+    os.chmod(tmp, _umask_mode())
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_parquet(df: pd.DataFrame, path: str) -> None:
+    d = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp-", suffix=".parquet")
+    os.close(fd)
+    os.chmod(tmp, _umask_mode())
+    try:
+        df.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("offpolicy-bench", "torch", "transformers", "omegaconf", "pandas"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "not installed"
+    return out
+
+
+def git_commit() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        r = subprocess.run(["git", "-C", here, "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if r.returncode == 0:
+            dirty = subprocess.run(["git", "-C", here, "status", "--porcelain"], capture_output=True, text=True,
+                                   timeout=5).stdout.strip()
+            return r.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return None
+
+
+class RunWriter:
+    """Collects metric rows in memory and writes the run folder atomically on every flush."""
+
+    def __init__(self, cfg: DictConfig, run_id: str, extra: dict):
+        self.dir = os.path.join(cfg.log.out_dir, cfg.name)
+        self.rows: list[tuple[int, str, str, float]] = []
+        self.t0 = time.time()
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+            probe = os.path.join(self.dir, ".write-test")
+            open(probe, "w").close()
+            os.unlink(probe)
+        except OSError as e:
+            raise OffbenchError(f"output folder {self.dir!r} is not writable ({e.strerror}); "
+                                f"set log.out_dir= to a writable folder") from None
+        prev = os.path.join(self.dir, "run.json")
+        if os.path.isfile(prev):
+            old = json.load(open(prev))
+            if old.get("run_id") != run_id:
+                raise OffbenchError(f"{self.dir} holds another run ({old.get('run_id')}, a different config); "
+                                    f"choose another name= or delete that folder")
+        for stale in ("metrics.parquet", "summary.json"):
+            if os.path.exists(os.path.join(self.dir, stale)):
+                os.unlink(os.path.join(self.dir, stale))
+        self.run = {"run_id": run_id, "name": cfg.name, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "git_commit": git_commit(), "versions": versions(), **extra}
+        atomic_write(os.path.join(self.dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
+        self._write_run()
+
+    def _write_run(self) -> None:
+        self.run["wall_time_s"] = round(time.time() - self.t0, 2)
+        atomic_write(os.path.join(self.dir, "run.json"), (json.dumps(self.run, indent=1) + "\n").encode())
+
+    def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        for k, v in metrics.items():
+            self.rows.append((step, split, k, float(v)))
+
+    def flush(self) -> None:
+        df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS).astype({"step": "int64", "value": "float64"})
+        atomic_write_parquet(df, os.path.join(self.dir, "metrics.parquet"))
+        self._write_run()
+
+    def finish(self, status: str, summary: dict, error: str | None = None) -> None:
+        self.run["status"] = status
+        if error:
+            self.run["error"] = error
+        self.flush()
+        line = json.dumps({"run_id": self.run["run_id"], "status": status, **summary})
+        atomic_write(os.path.join(self.dir, "summary.json"), (line + "\n").encode())
+
+
+def read_metrics(run_dir: str) -> pd.DataFrame:
+    return pd.read_parquet(os.path.join(run_dir, "metrics.parquet"))

@@ -1,0 +1,141 @@
+"""The Hugging Face rollout engine (CPU or GPU) and the trainer's log-prob function.
+
+Layout shared by sampling and training, so both see the same positions: prompts left-padded to a
+common length P, responses right-padded to R; position ids count only real tokens. The behaviour
+log-prob of each sampled token is log_softmax(logits / T) in fp32 over the full vocabulary: the
+same distribution it was sampled from, and the same function the trainer uses (no top-p / top-k,
+no generation_config of a checkpoint applied behind our back).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class Rollout:
+    input_ids: Tensor  # [B, P + R]
+    attention_mask: Tensor  # [B, P + R]; 0 only on prompt left-padding
+    prompt_len: int  # P
+    response_mask: Tensor  # [B, R] float; 1 on response tokens up to and including EOS
+    behav_logp: Tensor  # [B, R] log mu of each sampled token (0 on padding)
+    texts: list[str]  # decoded responses, without EOS / padding
+    truncated: Tensor  # [B] bool, hit max_new_tokens without EOS
+
+    def rows(self, idx: slice) -> "Rollout":
+        """A contiguous slice of sequences, trimmed to the columns they use."""
+        mask = self.response_mask[idx]
+        attn = self.attention_mask[idx]
+        r = int(mask.sum(-1).max().item()) if mask.numel() else 0
+        r = max(r, 1)
+        first = int((attn[:, : self.prompt_len].sum(0) > 0).float().argmax().item())
+        p = self.prompt_len - first
+        return Rollout(self.input_ids[idx, first: self.prompt_len + r], attn[:, first: self.prompt_len + r], p,
+                       mask[:, :r], self.behav_logp[idx, :r], self.texts[idx], self.truncated[idx])
+
+
+def encode_prompts(tok, prompts: list[str]) -> tuple[Tensor, Tensor]:
+    enc = tok(prompts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
+    return enc["input_ids"], enc["attention_mask"]
+
+
+def encode_pairs(tok, prompts: list[str], completions: list[str]) -> tuple[Tensor, Tensor, Tensor]:
+    """Teacher-forcing batch in the rollout layout: labels are -100 except on completion + EOS."""
+    ids, attn = encode_prompts(tok, prompts)
+    comp = [tok(c, add_special_tokens=False)["input_ids"] + [tok.eos_token_id] for c in completions]
+    r = max(len(c) for c in comp)
+    resp = torch.full((len(comp), r), tok.pad_token_id, dtype=ids.dtype)
+    lab = torch.full((len(comp), r), -100, dtype=ids.dtype)
+    for i, c in enumerate(comp):
+        resp[i, : len(c)] = torch.tensor(c)
+        lab[i, : len(c)] = torch.tensor(c)
+    full = torch.cat([ids, resp], 1)
+    attn_full = torch.cat([attn, torch.ones_like(resp)], 1)
+    labels = torch.cat([torch.full_like(ids, -100), lab], 1)
+    return full, attn_full, labels
+
+
+def _cache_kw(model) -> str:
+    """transformers >= 5.2x names the KV cache argument `cache`; earlier releases `past_key_values`."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _positions(attn: Tensor) -> Tensor:
+    return (attn.cumsum(-1) - 1).clamp_min(0)
+
+
+def sequence_logprobs(model, ro: Rollout, temperature: float, with_entropy: bool = False):
+    """log pi(y_t | x, y_<t) of the sampled tokens [B, R] (fp32, temperature-scaled), and the
+    entropy of each next-token distribution if asked. Gradient flows unless under no_grad."""
+    out = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=_positions(ro.attention_mask),
+                use_cache=False)
+    p = ro.prompt_len
+    logits = out.logits[:, p - 1: -1].float() / temperature
+    logprobs = torch.log_softmax(logits, -1)
+    tokens = ro.input_ids[:, p:]
+    logp = logprobs.gather(-1, tokens[..., None]).squeeze(-1) * ro.response_mask
+    if not with_entropy:
+        return logp, None
+    with torch.no_grad():
+        ent = -(logprobs.exp() * logprobs).sum(-1) * ro.response_mask
+    return logp, ent
+
+
+@torch.no_grad()
+def sample(model, tok, prompts: list[str], group_size: int, temperature: float, max_new_tokens: int,
+           generator: torch.Generator | None = None, greedy: bool = False) -> Rollout:
+    """Sample `group_size` responses per prompt (rows grouped: prompt 0's G, then prompt 1's ...),
+    with a KV cache, recording log mu of every sampled token at sampling time."""
+    ids, attn = encode_prompts(tok, [p for p in prompts for _ in range(group_size)])
+    device = next(model.parameters()).device
+    ids, attn = ids.to(device), attn.to(device)
+    b, p = ids.shape
+    eos, pad = tok.eos_token_id, tok.pad_token_id
+    out_tokens = torch.full((b, max_new_tokens), pad, dtype=ids.dtype, device=device)
+    out_logp = torch.zeros((b, max_new_tokens), dtype=torch.float32, device=device)
+    alive = torch.ones(b, dtype=torch.bool, device=device)
+    lengths = torch.zeros(b, dtype=torch.long, device=device)
+    pos = _positions(attn)
+    cache_kw = _cache_kw(model)
+    out = model(input_ids=ids, attention_mask=attn, position_ids=pos, use_cache=True)
+    cache, logits = getattr(out, cache_kw), out.logits[:, -1]
+    next_pos = pos[:, -1:] + 1
+    for t in range(max_new_tokens):
+        if greedy:
+            tok_t = logits.argmax(-1)
+            logp_t = torch.log_softmax(logits.float(), -1).gather(-1, tok_t[:, None]).squeeze(-1)
+        else:
+            logprobs = torch.log_softmax(logits.float() / temperature, -1)
+            tok_t = torch.multinomial(logprobs.exp(), 1, generator=generator).squeeze(-1)
+            logp_t = logprobs.gather(-1, tok_t[:, None]).squeeze(-1)
+        tok_t = torch.where(alive, tok_t, torch.full_like(tok_t, pad))
+        out_tokens[:, t] = tok_t
+        out_logp[:, t] = torch.where(alive, logp_t, torch.zeros_like(logp_t))
+        lengths += alive.long()
+        alive &= tok_t != eos
+        if not alive.any() or t == max_new_tokens - 1:
+            break
+        attn = torch.cat([attn, torch.ones((b, 1), dtype=attn.dtype, device=device)], 1)
+        out = model(input_ids=tok_t[:, None], attention_mask=attn, position_ids=next_pos, use_cache=True,
+                    **{cache_kw: cache})
+        cache, logits = getattr(out, cache_kw), out.logits[:, -1]
+        next_pos = next_pos + 1
+    r = max(int(lengths.max().item()), 1)
+    out_tokens, out_logp = out_tokens[:, :r], out_logp[:, :r]
+    resp_mask = (torch.arange(r, device=device)[None] < lengths[:, None]).float()
+    truncated = alive.clone()
+    texts = []
+    for row, n in zip(out_tokens.tolist(), lengths.tolist()):
+        row = row[:n]
+        if row and row[-1] == eos:
+            row = row[:-1]
+        texts.append(tok.decode(row, skip_special_tokens=True))
+    full_ids = torch.cat([ids, out_tokens], 1)
+    full_attn = torch.cat([attn[:, :p], torch.ones_like(out_tokens)], 1)
+    return Rollout(full_ids, full_attn, p, resp_mask, out_logp, texts, truncated)
+

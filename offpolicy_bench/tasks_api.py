@@ -1,0 +1,71 @@
+"""The task contract: prompts with references, train / eval splits, and a grader.
+
+A task is a class registered with `register_task`; it is built from its typed args and yields
+`Example`s. `grade(example, completion)` returns a `Grade`: a reward in [0, 1] and a `correct`
+flag (plus strict / flexible correctness where answer extraction can be lenient). Each task has
+a `version`, stamped into results, bumped whenever grading or data generation changes.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from .registry import Registry
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    answer: str  # the reference answer (what the grader compares against)
+    solution: str  # the reference completion used for the supervised warm start
+    meta: dict = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True)
+class Grade:
+    reward: float  # in [0, 1]
+    correct: bool  # the headline metric (strict extraction)
+    flexible: bool  # correct under lenient extraction; reported apart
+
+
+class Task:
+    """Base class. Subclasses set `name`, `version`, `kind`, `args` and implement the three methods."""
+
+    name: ClassVar[str]
+    version: ClassVar[str]
+    kind: ClassVar[str]  # "math" | "code"
+    args: ClassVar[type]
+    source: ClassVar[str] = "built-in"
+
+    def __init__(self, args: Any):
+        self.cfg = args
+
+    def train_examples(self, n: int, rng: random.Random) -> list[Example]:
+        """n training prompts drawn with `rng`; never an eval prompt."""
+        raise NotImplementedError
+
+    def eval_examples(self) -> list[Example]:
+        """The fixed held-out split."""
+        raise NotImplementedError
+
+    def grade(self, example: Example, completion: str) -> Grade:
+        raise NotImplementedError
+
+
+TASKS: Registry[type] = Registry("task")
+
+
+def register_task(cls: type) -> type:
+    """Class decorator: register a Task subclass under its `name`."""
+    cls.origin = f"{cls.__module__}.{cls.__qualname__}"
+    TASKS.add(cls.name, cls, cls.origin)
+    return cls
+
+
+def get_task(name: str) -> type:
+    from . import plugins
+
+    plugins.load_builtin()
+    return TASKS.get(name)

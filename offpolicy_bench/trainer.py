@@ -1,0 +1,148 @@
+"""THE training loop. Setup -> train -> cleanup; read it top to bottom.
+
+One rollout batch = N mini-batches (N = staleness). All of it is sampled by the current policy mu,
+then the mini-batches are updated one after another, so mini-batch i is trained when the policy is
+i versions newer than the one that sampled it (the VESPO paper's staleness). One optimizer step per
+mini-batch; a "gradient step" is one mini-batch, as on the paper's plots.
+
+No method name appears in this file: methods plug in through the registry, and every off-policy
+diagnostic is computed here, identically for all of them.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from .config import config_hash
+from .losses import PolicyBatch, grpo_advantages, masked_mean, offpolicy_diagnostics
+from .method import get_method
+from .models import load_model
+from .results import RunWriter
+from .rollout import sample, sequence_logprobs
+from .tasks_api import get_task
+
+
+@torch.no_grad()
+def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
+    """Held-out greedy accuracy (strict and flexible) and mean response length."""
+    exs = task.eval_examples()
+    ro = sample(model, tok, [e.prompt for e in exs], 1, 1.0, cfg.rollout.max_new_tokens, greedy=True)
+    grades = [task.grade(e, t) for e, t in zip(exs, ro.texts)]
+    return {"accuracy": sum(g.correct for g in grades) / len(grades),
+            "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
+            "response_len": ro.response_mask.sum(-1).mean().item()}
+
+
+def train(cfg: DictConfig, log=print) -> dict:
+    # ------------------------------------------------------------------ setup
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    task_cls = get_task(cfg.task.name)
+    task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+    model, tok, model_info = load_model(cfg, task, log)
+    model.to(cfg.device)
+    method = get_method(cfg.method.name)
+    method.make_args(cfg.method)  # validates the method's arguments before any work
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                            weight_decay=cfg.optim.weight_decay)
+    run_id = config_hash(cfg)
+    writer = RunWriter(cfg, run_id, {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name,
+                                     "task_version": task.version, "model": cfg.model.name,
+                                     "staleness": cfg.staleness, "seed": cfg.seed, **model_info})
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    prompt_rng = random.Random(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    n, g, temp = cfg.staleness, cfg.rollout.group_size, cfg.rollout.temperature
+    mb_rows = cfg.train.minibatch_prompts * g
+    total = cfg.train.steps
+    log(f"run {cfg.name} ({run_id}): {cfg.method.name} (agg {cfg.method.agg}) on {cfg.task.name} "
+        f"[{task.version}], model {cfg.model.name}, staleness N={n}, {total} gradient steps -> {writer.dir}")
+
+    ev = evaluate(model, tok, task, cfg)
+    writer.log(0, "eval", ev)
+    first_eval, last_eval, best_eval = ev["accuracy"], ev["accuracy"], ev["accuracy"]
+    writer.flush()
+    bar = _progress(cfg, total)
+    step, status, t_start, last = 0, "finished", time.time(), {}
+
+    # ------------------------------------------------------------------ train
+    try:
+        for _ in range(total // n):
+            # 1. sample the whole rollout batch with the current policy mu; log mu recorded now
+            model.eval()
+            exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
+            ro = sample(model, tok, [e.prompt for e in exs], g, temp, cfg.rollout.max_new_tokens, generator=gen)
+            # 2. grade, GRPO group advantages (rows are grouped G per prompt)
+            grades = [task.grade(exs[i // g], text) for i, text in enumerate(ro.texts)]
+            rewards = torch.tensor([gr.reward for gr in grades])
+            adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
+            # 3. split into N mini-batches; pi_old = the policy before any update, once per mini-batch
+            mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
+            with torch.no_grad():
+                old_logps = [sequence_logprobs(model, mb, temp)[0] for mb in mbs]
+            # 4. update on each mini-batch in turn: mini-batch i is i policy versions stale
+            model.train()
+            for i, mb in enumerate(mbs):
+                rows = slice(i * mb_rows, (i + 1) * mb_rows)
+                logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True)
+                batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
+                                    advantages=adv[rows], mask=mb.response_mask)
+                out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len)
+                if not torch.isfinite(out.loss):
+                    raise FloatingPointError(f"non-finite loss {out.loss.item()} at gradient step {step + 1}")
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                opt.step()
+                step += 1
+                # 5. metrics: the same for every method, plus the method's own diagnostics
+                gr = grades[rows]
+                last = {"reward": rewards[rows].mean().item(), "accuracy": sum(x.correct for x in gr) / len(gr),
+                        "accuracy_flexible": sum(x.flexible for x in gr) / len(gr),
+                        "response_len": mb.response_mask.sum(-1).mean().item(),
+                        "truncated_frac": mb.truncated.float().mean().item(),
+                        "zero_adv_frac": (adv[rows] == 0).float().mean().item(),
+                        "entropy": masked_mean(ent, mb.response_mask).item(), "loss": out.loss.item(),
+                        "grad_norm": grad_norm.item(), "version_gap": float(i),
+                        **offpolicy_diagnostics(batch), **out.metrics}
+                writer.log(step, "train", last)
+                if step % cfg.log.eval_every == 0 or step == total:
+                    ev = evaluate(model, tok, task, cfg)
+                    writer.log(step, "eval", ev)
+                    last_eval, best_eval = ev["accuracy"], max(best_eval, ev["accuracy"])
+                    writer.flush()
+                    model.train()
+                bar.update(1)
+                bar.set_postfix(reward=f"{last['reward']:.2f}", eval_acc=f"{last_eval:.3f}",
+                                kl=f"{last['kl_mu_pi']:.1e}", logW=f"{last['abs_log_w_mean']:.2f}")
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    except Exception as e:
+        status = "failed"
+        writer.run["error"] = f"{type(e).__name__}: {e}"
+        raise
+    # ------------------------------------------------------------------ cleanup
+    finally:
+        bar.close()
+        summary = {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name, "model": cfg.model.name,
+                   "staleness": n, "seed": cfg.seed, "steps_done": step, "eval_accuracy_start": first_eval,
+                   "eval_accuracy_final": last_eval, "eval_accuracy_best": best_eval,
+                   "final_kl_mu_pi": last.get("kl_mu_pi"), "final_abs_log_w": last.get("abs_log_w_mean"),
+                   "train_time_s": round(time.time() - t_start, 1)}
+        writer.finish(status, summary)
+        log(f"{status}: eval accuracy {first_eval:.3f} -> {last_eval:.3f} (best {best_eval:.3f}) "
+            f"after {step} gradient steps; results in {writer.dir}")
+    return {**summary, "status": status, "dir": writer.dir}
+
+
+def _progress(cfg: DictConfig, total: int):
+    from tqdm import tqdm
+
+    return tqdm(total=total, disable=not cfg.log.progress, desc="steps", dynamic_ncols=True, leave=False)

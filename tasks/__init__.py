@@ -1,0 +1,1 @@
+"""Tasks, each registering itself with `register_task`; installed as `offpolicy_bench.tasks`."""
