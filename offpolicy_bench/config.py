@@ -46,7 +46,7 @@ class ModelConfig:
 
 @dataclass
 class WarmStartConfig:
-    steps: int = 600
+    steps: int = 1200
     """supervised steps on the task's reference answers before RL (0 = start RL from the raw model)"""
     batch_size: int = 64
     """examples per supervised step"""
@@ -72,7 +72,7 @@ class RolloutConfig:
 
 @dataclass
 class OptimConfig:
-    lr: float = 2e-4
+    lr: float = 1e-4
     """RL learning rate (AdamW); keep it well below the warm start's"""
     beta1: float = 0.9
     """AdamW beta1"""
@@ -86,7 +86,7 @@ class OptimConfig:
 
 @dataclass
 class TrainConfig:
-    steps: int = 192
+    steps: int = 256
     """gradient steps (one per mini-batch, as on the paper's plots); a multiple of staleness"""
     minibatch_prompts: Optional[int] = None
     """prompts per mini-batch (one optimizer step); null = batch_prompts / staleness, or 8"""
@@ -196,9 +196,10 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     keys = _all_keys(cfg)
     if key in keys:
         return
-    close = difflib.get_close_matches(key, keys, n=3, cutoff=0.6)
+    leaves = [k for k in keys if not isinstance(OmegaConf.select(cfg, k), DictConfig)]
+    close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.8)
     if not close:  # a bare leaf name the user put at the wrong level, e.g. `lr=` for `optim.lr=`
-        close = [k for k in keys if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
+        close = [k for k in leaves if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     group = key.split(".")[0]
     extra = f" (`offbench {group}s` lists each one's arguments)" if group in GROUPS else ""

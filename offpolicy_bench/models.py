@@ -110,7 +110,7 @@ def supervised_warmstart(model, tok, task, wcfg: DictConfig, log=print) -> dict:
     model.train()
     loss_v = float("nan")
     for step in range(wcfg.steps):
-        exs = task.train_examples(wcfg.batch_size, rng)
+        exs = task.warmstart_examples(wcfg.batch_size, rng)
         ids, attn, labels = encode_pairs(tok, [e.prompt for e in exs], [e.solution for e in exs])
         pos = (attn.cumsum(-1) - 1).clamp_min(0)
         logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()

@@ -50,6 +50,11 @@ class Task:
         """The fixed held-out split."""
         raise NotImplementedError
 
+    def warmstart_examples(self, n: int, rng: random.Random) -> list[Example]:
+        """Examples for the supervised warm start (their `solution` is the target). Default: train
+        examples; a task may add a documented bad habit so that RL has something to unlearn."""
+        return self.train_examples(n, rng)
+
     def grade(self, example: Example, completion: str) -> Grade:
         raise NotImplementedError
 

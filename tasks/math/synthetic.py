@@ -22,12 +22,16 @@ _INT = re.compile(r"-?\d+")
 
 @dataclass(frozen=True)
 class ArithmeticArgs:
-    level: int = 3
+    level: int = 2
     """difficulty: 1 a+b (digits), 2 a+b (<100), 3 a+-b (<100), 4 a+-b+-c (<100), 5 a*b (<100)"""
     eval_size: int = 256
     """held-out problems (never seen in training or warm start)"""
     eval_seed: int = 12345
     """seed of the held-out split"""
+    habit: float = 0.5
+    """fraction of warm-start targets written with a bad habit (answer digits reversed, 82 -> 28):
+    the warm-started policy then mixes a right and a wrong way of answering, as base models do,
+    and RL has a habit to unlearn. Grading and eval answers are always the true answer."""
 
 
 @register_task
@@ -35,7 +39,7 @@ class Arithmetic(Task):
     """Prompt `37+45=`, reference completion `82`; reward 1 iff the completion is exactly the answer."""
 
     name = "math"
-    version = "arith-1"
+    version = "arith-2"
     kind = "math"
     args = ArithmeticArgs
 
@@ -43,6 +47,8 @@ class Arithmetic(Task):
         super().__init__(args)
         if args.level not in LEVELS:
             raise OffbenchError(f"task.level={args.level} unknown; levels: {sorted(LEVELS)}")
+        if not 0.0 <= args.habit <= 1.0:
+            raise OffbenchError(f"task.habit must be in [0, 1], got {args.habit}")
         if args.eval_size <= 0:
             raise OffbenchError(f"task.eval_size must be positive, got {args.eval_size}")
         n_ops, (lo, hi), ops = LEVELS[args.level]
@@ -77,6 +83,15 @@ class Arithmetic(Task):
 
     def eval_examples(self):
         return list(self._eval)
+
+    def warmstart_examples(self, n, rng):
+        out = []
+        for ex in self.train_examples(n, rng):
+            if rng.random() < self.cfg.habit:
+                sign, digits = ("-", ex.answer[1:]) if ex.answer.startswith("-") else ("", ex.answer)
+                ex = Example(ex.prompt, ex.answer, sign + digits[::-1])
+            out.append(ex)
+        return out
 
     def grade(self, example, completion):
         strict = completion.strip() == example.answer
