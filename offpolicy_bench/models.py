@@ -89,8 +89,8 @@ def load_pretrained(path: str):
     return model, tok
 
 
-def _warmstart_key(cfg: DictConfig) -> str:
-    d = {"v": WARMSTART_VERSION, "model": OmegaConf.to_container(cfg.model), "task": OmegaConf.to_container(cfg.task),
+def _warmstart_key(cfg: DictConfig, task) -> str:
+    d = {"v": WARMSTART_VERSION, "task_version": task.version, "model": OmegaConf.to_container(cfg.model), "task": OmegaConf.to_container(cfg.task),
          "warmstart": {k: v for k, v in OmegaConf.to_container(cfg.warmstart).items() if k != "cache"},
          "torch": torch.__version__.split("+")[0]}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
@@ -134,7 +134,7 @@ def load_model(cfg: DictConfig, task, log=print):
     name = cfg.model.name
     if name in BUILTIN_MODELS:
         tok = char_tokenizer()
-        key = _warmstart_key(cfg)
+        key = _warmstart_key(cfg, task)
         cache_dir = os.path.join(cache_root(), "warmstart", f"{name}-{key}")
         if cfg.warmstart.cache and os.path.isfile(os.path.join(cache_dir, "done.json")):
             model, _ = load_pretrained(cache_dir)
