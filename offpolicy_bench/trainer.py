@@ -145,4 +145,5 @@ def train(cfg: DictConfig, log=print) -> dict:
 def _progress(cfg: DictConfig, total: int):
     from tqdm import tqdm
 
-    return tqdm(total=total, disable=not cfg.log.progress, desc="steps", dynamic_ncols=True, leave=False)
+    return tqdm(total=total, disable=not cfg.log.progress, desc="steps", dynamic_ncols=True, leave=False,
+                mininterval=1.0)

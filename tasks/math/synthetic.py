@@ -24,7 +24,7 @@ _INT = re.compile(r"-?\d+")
 class ArithmeticArgs:
     level: int = 2
     """difficulty: 1 a+b (digits), 2 a+b (<100), 3 a+-b (<100), 4 a+-b+-c (<100), 5 a*b (<100)"""
-    eval_size: int = 256
+    eval_size: int = 512
     """held-out problems (never seen in training or warm start)"""
     eval_seed: int = 12345
     """seed of the held-out split"""
