@@ -60,6 +60,23 @@ def task_table(tasks) -> str:
     return "\n".join(rows)
 
 
+def correction_table(corrections) -> str:
+    rows = ["| correction | what it does | defaults |", "|---|---|---|"]
+    for name, c in corrections.items():
+        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(c.args)) or "-"
+        rows.append(f"| `{name}` | {c.doc.splitlines()[0] if c.doc else ''} | {defaults} |")
+    return "\n".join(rows)
+
+
+def _corrections(args) -> int:
+    from .correction import CORRECTIONS
+    from .plugins import load_builtin
+
+    load_builtin()
+    print(correction_table(CORRECTIONS))
+    return 0
+
+
 def _tasks(args) -> int:
     from .plugins import load_builtin
     from .tasks_api import TASKS
@@ -83,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     p_run.set_defaults(fn=_run)
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
+    sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)
     args = parser.parse_args(argv)
     try:
         return args.fn(args)

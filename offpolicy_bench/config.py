@@ -112,6 +112,9 @@ class RunConfig:
     """correction method (see `offbench methods`); its arguments are method.<arg>"""
     task: Any = "math"
     """task (see `offbench tasks`); its arguments are task.<arg>"""
+    correction: Any = "none"
+    """rollout-correction modifier wrapping the method (none, token_tis, seq_tis, masked_is, geo_reject,
+    token_veto); its arguments are correction.<arg>"""
     staleness: int = 4
     """N: a rollout batch is split into N mini-batches updated in turn; the last is N-1 versions old"""
     seed: int = 0
@@ -132,7 +135,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-GROUPS = {"method": "METHODS", "task": "TASKS"}  # keys whose value selects a registry entry
+GROUPS = ("method", "task", "correction")  # keys whose value selects a registry entry
 SHORTHANDS = {"model": "model.name"}
 
 
@@ -147,6 +150,11 @@ class _MethodCommon:
 
 @dataclass
 class _TaskCommon:
+    name: str = ""
+
+
+@dataclass
+class _CorrectionCommon:
     name: str = ""
 
 
@@ -209,10 +217,12 @@ def _check_key(cfg: DictConfig, key: str) -> None:
 def build_config(overrides: list[str] | None = None) -> DictConfig:
     """Defaults <- group selections <- overrides, then validation and derived values."""
     from . import plugins
+    from .correction import CORRECTIONS
     from .method import METHODS
     from .tasks_api import TASKS
 
-    registries = {"method": METHODS, "task": TASKS}
+    specs = {"method": (METHODS, _MethodCommon), "task": (TASKS, _TaskCommon),
+             "correction": (CORRECTIONS, _CorrectionCommon)}
     pairs = parse_overrides(overrides or [])
     cfg = OmegaConf.structured(RunConfig)
     # plugins first: they may register the method or task the other overrides name
@@ -220,15 +230,15 @@ def build_config(overrides: list[str] | None = None) -> DictConfig:
     if plugin_values:
         _merge(cfg, "plugins", plugin_values[-1])
     plugins.load_plugins(list(cfg.plugins))
-    for group, reg in registries.items():
+    for group, (reg, common) in specs.items():
         chosen = [v for k, v in pairs if k == group or k == f"{group}.name"]
         name = chosen[-1].strip() if chosen else getattr(RunConfig, group)
-        entry = reg.get(name)
+        args = reg.get(name).args
         OmegaConf.set_struct(cfg, False)
-        cfg[group] = _group_node(_MethodCommon if group == "method" else _TaskCommon, name, entry.args)
+        cfg[group] = _group_node(common, name, args)
         OmegaConf.set_struct(cfg, True)
     for key, value in pairs:
-        if key in registries or key in (f"{g}.name" for g in registries) or key == "plugins":
+        if key in specs or key in (f"{g}.name" for g in specs) or key == "plugins":
             continue
         _check_key(cfg, key)
         _merge(cfg, key, value)

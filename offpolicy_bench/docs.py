@@ -14,13 +14,15 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def render(text: str) -> str:
-    from .cli import method_table, task_table
+    from .cli import correction_table, method_table, task_table
+    from .correction import CORRECTIONS
     from .method import METHODS
     from .plugins import load_builtin
     from .tasks_api import TASKS
 
     load_builtin()
-    for key, table in (("methods-table", method_table(METHODS)), ("tasks-table", task_table(TASKS))):
+    for key, table in (("methods-table", method_table(METHODS)), ("tasks-table", task_table(TASKS)),
+                       ("corrections-table", correction_table(CORRECTIONS))):
         pattern = re.compile(rf"(<!-- {key}:start -->\n).*?(<!-- {key}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README has no <!-- {key}:start/end --> markers")

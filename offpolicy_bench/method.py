@@ -61,14 +61,25 @@ class Method:
         return self.args(**values)
 
     def __call__(self, batch: PolicyBatch, cfg: Any = None, agg: str | None = None,
-                 agg_norm_len: float | None = None, **overrides) -> MethodOutput:
+                 agg_norm_len: float | None = None, correction: Any = None, correction_cfg: Any = None,
+                 **overrides) -> MethodOutput:
+        """Loss of this method on `batch`. `correction` (a name or Correction) wraps it with a
+        rollout-correction modifier: its mask narrows the batch first, its weights scale the loss
+        matrix, then the shared aggregation runs."""
+        from .correction import apply_correction, get_correction
+
         if cfg is not None and agg is None:
             agg = cfg.get("agg") if hasattr(cfg, "get") else getattr(cfg, "agg", None)
         args = self.make_args(cfg, **overrides)
+        if isinstance(correction, str):
+            correction = get_correction(correction)
+        batch, weights, corr_metrics = apply_correction(batch, correction, correction_cfg)
         loss_mat, metrics = self.fn(batch, args)
+        if weights is not None:
+            loss_mat = loss_mat * weights
         mode = agg or self.default_agg
         loss = aggregate(loss_mat, batch.mask, mode, agg_norm_len)
-        return MethodOutput(loss=loss, loss_matrix=loss_mat, metrics=metrics, agg=mode)
+        return MethodOutput(loss=loss, loss_matrix=loss_mat, metrics={**metrics, **corr_metrics}, agg=mode)
 
 
 METHODS: Registry[Method] = Registry("method")

@@ -92,7 +92,8 @@ def train(cfg: DictConfig, log=print) -> dict:
                 logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True)
                 batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
                                     advantages=adv[rows], mask=mb.response_mask)
-                out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len)
+                out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len,
+                             correction=cfg.correction.name, correction_cfg=cfg.correction)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(f"non-finite loss {out.loss.item()} at gradient step {step + 1}")
                 opt.zero_grad(set_to_none=True)
