@@ -68,6 +68,8 @@ class RolloutConfig:
     """sampling temperature; behaviour and trainer log-probs both use softmax(logits / T)"""
     max_new_tokens: int = 8
     """response length cap; a response that hits it without EOS is graded as it stands"""
+    dtype: str = "float32"
+    """engine precision (float32 | bfloat16 | float16); not float32 = train/inference mismatch"""
 
 
 @dataclass
@@ -117,6 +119,10 @@ class RunConfig:
     token_veto); its arguments are correction.<arg>"""
     staleness: int = 4
     """N: a rollout batch is split into N mini-batches updated in turn; the last is N-1 versions old"""
+    lag: int = 0
+    """k: each rollout batch is sampled by the policy of k optimizer steps earlier (async lag)"""
+    correction_mode: str = "decoupled"
+    """decoupled: pi_old = trainer policy at the rollout start, mu apart; bypass: pi_old = mu"""
     seed: int = 0
     """RL seed (sampling, prompt order)"""
     name: Optional[str] = None
@@ -276,6 +282,16 @@ def resolve(cfg: DictConfig) -> None:
               "model.num_heads", "model.num_kv_heads")
     if cfg.warmstart.steps < 0:
         raise OffbenchError(f"warmstart.steps must be >= 0, got {cfg.warmstart.steps}")
+    if cfg.lag < 0:
+        raise OffbenchError(f"lag must be >= 0 optimizer steps, got {cfg.lag}")
+    from .offpolicy import CORRECTION_MODES
+    from .rollout.engines import DTYPES, ENGINES
+
+    if cfg.correction_mode not in CORRECTION_MODES:
+        raise OffbenchError(f"correction_mode={cfg.correction_mode!r}: choose {' or '.join(CORRECTION_MODES)}")
+    if cfg.rollout.dtype not in DTYPES:
+        raise OffbenchError(f"rollout.dtype={cfg.rollout.dtype!r}: choose one of {', '.join(DTYPES)}")
+    ENGINES.get(cfg.rollout.engine)
     n = cfg.staleness
     t = cfg.train
     if t.batch_prompts is not None and t.batch_prompts % n:
@@ -296,6 +312,7 @@ def resolve(cfg: DictConfig) -> None:
             f"train.steps={t.steps} is not a multiple of staleness={n} (each rollout batch gives {n} gradient "
             f"steps): use {max(n, t.steps // n * n)} or {(t.steps // n + 1) * n}")
     m = cfg.method
+    METHODS.get(m.name).make_args(m)  # the method's own checks, before any work starts
     if m.agg is None:
         m.agg = METHODS.get(m.name).default_agg
     if m.agg not in AGG_MODES:

@@ -21,8 +21,10 @@ from .config import config_hash
 from .losses import PolicyBatch, grpo_advantages, masked_mean, offpolicy_diagnostics
 from .method import get_method
 from .models import load_model
+from .offpolicy import WeightRing
 from .results import RunWriter
 from .rollout import sample, sequence_logprobs
+from .rollout.engines import make_engine
 from .tasks_api import get_task
 
 
@@ -45,6 +47,9 @@ def train(cfg: DictConfig, log=print) -> dict:
     task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
     model, tok, model_info = load_model(cfg, task, log)
     model.to(cfg.device)
+    engine = make_engine(cfg.rollout.engine, model, cfg.rollout.dtype, cfg.lag)
+    ring = WeightRing(cfg.lag, cfg.staleness, enabled=not engine.shares_trainer)
+    ring.maybe_store(0, model)
     method = get_method(cfg.method.name)
     method.make_args(cfg.method)  # validates the method's arguments before any work
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
@@ -52,7 +57,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     run_id = config_hash(cfg)
     writer = RunWriter(cfg, run_id, {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name,
                                      "task_version": task.version, "model": cfg.model.name,
-                                     "staleness": cfg.staleness, "seed": cfg.seed, **model_info})
+                                     "staleness": cfg.staleness, "lag": cfg.lag, "seed": cfg.seed, **model_info})
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     prompt_rng = random.Random(cfg.seed)
@@ -61,7 +66,8 @@ def train(cfg: DictConfig, log=print) -> dict:
     mb_rows = cfg.train.minibatch_prompts * g
     total = cfg.train.steps
     log(f"run {cfg.name} ({run_id}): {cfg.method.name} (agg {cfg.method.agg}) on {cfg.task.name} "
-        f"[{task.version}], model {cfg.model.name}, staleness N={n}, {total} gradient steps -> {writer.dir}")
+        f"[{task.version}], model {cfg.model.name}, staleness N={n}, lag {cfg.lag}, rollout {cfg.rollout.engine}/"
+        f"{cfg.rollout.dtype}, {cfg.correction_mode}, {total} gradient steps -> {writer.dir}")
 
     ev = evaluate(model, tok, task, cfg)
     writer.log(0, "eval", ev)
@@ -73,18 +79,33 @@ def train(cfg: DictConfig, log=print) -> dict:
     # ------------------------------------------------------------------ train
     try:
         for _ in range(total // n):
-            # 1. sample the whole rollout batch with the current policy mu; log mu recorded now
+            # 1. sample the whole rollout batch with the behaviour policy mu (the current policy, or
+            #    the one `lag` optimizer steps back, in the engine's dtype); log mu recorded now
+            mu_version = step
+            if not engine.shares_trainer:
+                mu_version, weights = ring.take(step)
+                engine.load(weights)
             model.eval()
             exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
-            ro = sample(model, tok, [e.prompt for e in exs], g, temp, cfg.rollout.max_new_tokens, generator=gen)
+            ro = engine.sample(tok, [e.prompt for e in exs], g, temp, cfg.rollout.max_new_tokens, generator=gen)
             # 2. grade, GRPO group advantages (rows are grouped G per prompt)
             grades = [task.grade(exs[i // g], text) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([gr.reward for gr in grades])
             adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
-            # 3. split into N mini-batches; pi_old = the policy before any update, once per mini-batch
+            # 3. split into N mini-batches; pi_old = the trainer's policy before any update, once per
+            #    mini-batch (bypass mode: pi_old = mu). An engine sharing the trainer's module has no
+            #    engine gap: mu is taken from the same pass (their difference is summation order only)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
-            with torch.no_grad():
-                old_logps = [sequence_logprobs(model, mb, temp)[0] for mb in mbs]
+            engine_diff = None
+            if cfg.correction_mode == "bypass" and not engine.shares_trainer:
+                old_logps = [mb.behav_logp for mb in mbs]
+            else:
+                with torch.no_grad():
+                    old_logps = [sequence_logprobs(model, mb, temp)[0] for mb in mbs]
+                if engine.shares_trainer:
+                    engine_diff = max((mb.behav_logp - o).abs().max().item() for mb, o in zip(mbs, old_logps))
+                    for mb, o in zip(mbs, old_logps):
+                        mb.behav_logp = o
             # 4. update on each mini-batch in turn: mini-batch i is i policy versions stale
             model.train()
             for i, mb in enumerate(mbs):
@@ -110,9 +131,12 @@ def train(cfg: DictConfig, log=print) -> dict:
                         "truncated_frac": mb.truncated.float().mean().item(),
                         "zero_adv_frac": (adv[rows] == 0).float().mean().item(),
                         "entropy": masked_mean(ent, mb.response_mask).item(), "loss": out.loss.item(),
-                        "grad_norm": grad_norm.item(), "version_gap": float(i),
+                        "grad_norm": grad_norm.item(), "version_gap": float(step - 1 - mu_version),
                         **offpolicy_diagnostics(batch), **out.metrics}
+                if engine_diff is not None:
+                    last["engine_logp_max_abs_diff"] = engine_diff
                 writer.log(step, "train", last)
+                ring.maybe_store(step, model)
                 if step % cfg.log.eval_every == 0 or step == total:
                     ev = evaluate(model, tok, task, cfg)
                     writer.log(step, "eval", ev)
@@ -133,7 +157,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     finally:
         bar.close()
         summary = {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name, "model": cfg.model.name,
-                   "staleness": n, "seed": cfg.seed, "steps_done": step, "eval_accuracy_start": first_eval,
+                   "staleness": n, "lag": cfg.lag, "seed": cfg.seed, "steps_done": step, "eval_accuracy_start": first_eval,
                    "eval_accuracy_final": last_eval, "eval_accuracy_best": best_eval,
                    "final_kl_mu_pi": last.get("kl_mu_pi"), "final_abs_log_w": last.get("abs_log_w_mean"),
                    "train_time_s": round(time.time() - t_start, 1)}

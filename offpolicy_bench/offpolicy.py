@@ -1,0 +1,45 @@
+"""The sources of off-policyness besides mini-batch staleness.
+
+Staleness N is the trainer's loop itself (a rollout batch split into N mini-batches). Here:
+- lag k: the rollout batch starting at optimizer step v is sampled by the policy of step v - k
+  (clamped at 0: early on the real lag is smaller, and the logged version gap says so). Exact:
+  the weights of exactly that step are kept (`WeightRing`) and loaded into the engine in place.
+- mismatch: the engine samples in another dtype (rollout.dtype) or with another engine.
+- correction_mode (verl's terms): decoupled keeps mu, pi_old and pi_theta apart (pi_old is the
+  trainer's forward at the start of the rollout batch); bypass uses mu as pi_old.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CORRECTION_MODES = ("decoupled", "bypass")
+
+
+class WeightRing:
+    """Weight snapshots of exactly the optimizer steps a future rollout will need.
+
+    A rollout starts at steps v = 0, N, 2N, ...; with lag k it needs the weights of step v - k.
+    So step s is kept iff (s + k) % N == 0 (plus step 0, for the clamped start); at most
+    ceil(k / N) + 1 snapshots are alive at a time.
+    """
+
+    def __init__(self, lag: int, staleness: int, enabled: bool = True):
+        self.lag, self.n, self.enabled = lag, staleness, enabled
+        self.snaps: dict[int, dict[str, torch.Tensor]] = {}
+
+    def maybe_store(self, step: int, model) -> None:
+        if self.enabled and (step == 0 or (step + self.lag) % self.n == 0):
+            self.snaps[step] = {k: p.detach().clone() for k, p in model.named_parameters()}
+
+    def version_for(self, step: int) -> int:
+        """The policy version that samples the rollout batch starting at `step`."""
+        return max(0, step - self.lag)
+
+    def take(self, step: int) -> tuple[int, dict[str, torch.Tensor]]:
+        """(version, its weights) for the rollout starting at `step`; drops older snapshots."""
+        v = self.version_for(step)
+        state = self.snaps[v]
+        for old in [s for s in self.snaps if s < v]:
+            del self.snaps[old]
+        return v, state
