@@ -43,3 +43,26 @@ class WeightRing:
         for old in [s for s in self.snaps if s < v]:
             del self.snaps[old]
         return v, state
+
+
+@torch.no_grad()
+def moe_routing_diff(engine_model, trainer_model, ro) -> float | None:
+    """Fraction of (token, MoE layer) pairs whose top-k expert set differs between the engine's
+    model and the trainer's on the same sequences (attended positions). None for dense models."""
+    k = getattr(trainer_model.config, "num_experts_per_tok", None)
+    if not k:
+        return None
+    from .rollout.hf import _positions
+
+    kw = dict(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=_positions(ro.attention_mask),
+              output_router_logits=True, use_cache=False)
+    a = engine_model(**kw).router_logits
+    b = trainer_model(**kw).router_logits
+    keep = ro.attention_mask.reshape(-1).bool()
+    differ, total = 0, 0
+    for la, lb in zip(a, b):
+        ta = torch.topk(la.float()[keep], k, -1).indices.sort(-1).values
+        tb = torch.topk(lb.float()[keep], k, -1).indices.sort(-1).values
+        differ += (ta != tb).any(-1).sum().item()
+        total += ta.shape[0]
+    return differ / max(total, 1)

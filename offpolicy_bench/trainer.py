@@ -21,7 +21,7 @@ from .config import config_hash
 from .losses import PolicyBatch, grpo_advantages, masked_mean, offpolicy_diagnostics
 from .method import get_method
 from .models import load_model
-from .offpolicy import WeightRing
+from .offpolicy import WeightRing, moe_routing_diff
 from .results import RunWriter
 from .rollout import sample, sequence_logprobs
 from .rollout.engines import make_engine
@@ -97,6 +97,7 @@ def train(cfg: DictConfig, log=print) -> dict:
             #    engine gap: mu is taken from the same pass (their difference is summation order only)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
             engine_diff = None
+            routing_diff = None if engine.shares_trainer else moe_routing_diff(engine.model, model, mbs[0])
             if cfg.correction_mode == "bypass" and not engine.shares_trainer:
                 old_logps = [mb.behav_logp for mb in mbs]
             else:
@@ -135,6 +136,8 @@ def train(cfg: DictConfig, log=print) -> dict:
                         **offpolicy_diagnostics(batch), **out.metrics}
                 if engine_diff is not None:
                     last["engine_logp_max_abs_diff"] = engine_diff
+                if routing_diff is not None:
+                    last["moe_routing_diff_frac"] = routing_diff
                 writer.log(step, "train", last)
                 ring.maybe_store(step, model)
                 if step % cfg.log.eval_every == 0 or step == total:
