@@ -61,7 +61,7 @@ class WarmStartConfig:
 @dataclass
 class RolloutConfig:
     engine: str = "hf"
-    """rollout engine (hf)"""
+    """rollout engine: hf (transformers, CPU or GPU) | vllm (optional extra)"""
     group_size: int = 8
     """responses sampled per prompt (G); GRPO advantages are computed within each group"""
     temperature: float = 1.0
@@ -285,7 +285,9 @@ def resolve(cfg: DictConfig) -> None:
     if cfg.lag < 0:
         raise OffbenchError(f"lag must be >= 0 optimizer steps, got {cfg.lag}")
     from .offpolicy import CORRECTION_MODES
-    from .rollout.engines import DTYPES, ENGINES
+    from .rollout.engines import DTYPES, ENGINES, _load_engines
+
+    _load_engines()
 
     if cfg.correction_mode not in CORRECTION_MODES:
         raise OffbenchError(f"correction_mode={cfg.correction_mode!r}: choose {' or '.join(CORRECTION_MODES)}")

@@ -45,12 +45,22 @@ class WeightRing:
         return v, state
 
 
+def engine_gap(mbs, old_logps) -> dict[str, float]:
+    """Mean and max |log mu - log pi_old| over response tokens of a rollout batch: how far the
+    engine's recorded log-probs are from the trainer's at the same weights (numerics, dtype,
+    engine) plus, with lag, the policy change. Summation order alone gives ~1e-6 in fp32."""
+    diffs = torch.cat([((mb.behav_logp - o).abs())[mb.response_mask > 0] for mb, o in zip(mbs, old_logps)])
+    if not diffs.numel():
+        return {}
+    return {"engine_gap_mean_abs": diffs.mean().item(), "engine_gap_max_abs": diffs.max().item()}
+
+
 @torch.no_grad()
 def moe_routing_diff(engine_model, trainer_model, ro) -> float | None:
     """Fraction of (token, MoE layer) pairs whose top-k expert set differs between the engine's
     model and the trainer's on the same sequences (attended positions). None for dense models."""
     k = getattr(trainer_model.config, "num_experts_per_tok", None)
-    if not k:
+    if not k or engine_model is None:
         return None
     from .rollout.hf import _positions
 

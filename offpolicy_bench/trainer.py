@@ -21,7 +21,7 @@ from .config import config_hash
 from .losses import PolicyBatch, grpo_advantages, masked_mean, offpolicy_diagnostics
 from .method import get_method
 from .models import load_model
-from .offpolicy import WeightRing, moe_routing_diff
+from .offpolicy import WeightRing, engine_gap, moe_routing_diff
 from .results import RunWriter
 from .rollout import sample, sequence_logprobs
 from .rollout.engines import make_engine
@@ -47,7 +47,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
     model, tok, model_info = load_model(cfg, task, log)
     model.to(cfg.device)
-    engine = make_engine(cfg.rollout.engine, model, cfg.rollout.dtype, cfg.lag)
+    engine = make_engine(cfg.rollout.engine, model, tok, cfg)
     ring = WeightRing(cfg.lag, cfg.staleness, enabled=not engine.shares_trainer)
     ring.maybe_store(0, model)
     method = get_method(cfg.method.name)
@@ -96,17 +96,19 @@ def train(cfg: DictConfig, log=print) -> dict:
             #    mini-batch (bypass mode: pi_old = mu). An engine sharing the trainer's module has no
             #    engine gap: mu is taken from the same pass (their difference is summation order only)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
-            engine_diff = None
-            routing_diff = None if engine.shares_trainer else moe_routing_diff(engine.model, model, mbs[0])
+            gap = {}
             if cfg.correction_mode == "bypass" and not engine.shares_trainer:
                 old_logps = [mb.behav_logp for mb in mbs]
             else:
                 with torch.no_grad():
                     old_logps = [sequence_logprobs(model, mb, temp)[0] for mb in mbs]
+                gap = engine_gap(mbs, old_logps)  # |log mu - log pi_old|: engine numerics (+ lag)
                 if engine.shares_trainer:
-                    engine_diff = max((mb.behav_logp - o).abs().max().item() for mb, o in zip(mbs, old_logps))
                     for mb, o in zip(mbs, old_logps):
                         mb.behav_logp = o
+            routing = None if engine.shares_trainer else moe_routing_diff(getattr(engine, "model", None), model, mbs[0])
+            if routing is not None:
+                gap["moe_routing_diff_frac"] = routing
             # 4. update on each mini-batch in turn: mini-batch i is i policy versions stale
             model.train()
             for i, mb in enumerate(mbs):
@@ -134,10 +136,7 @@ def train(cfg: DictConfig, log=print) -> dict:
                         "entropy": masked_mean(ent, mb.response_mask).item(), "loss": out.loss.item(),
                         "grad_norm": grad_norm.item(), "version_gap": float(step - 1 - mu_version),
                         **offpolicy_diagnostics(batch), **out.metrics}
-                if engine_diff is not None:
-                    last["engine_logp_max_abs_diff"] = engine_diff
-                if routing_diff is not None:
-                    last["moe_routing_diff_frac"] = routing_diff
+                last.update(gap)
                 writer.log(step, "train", last)
                 ring.maybe_store(step, model)
                 if step % cfg.log.eval_every == 0 or step == total:

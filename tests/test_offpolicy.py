@@ -57,13 +57,14 @@ def test_on_policy_fp32_every_ratio_is_exactly_one(tmp_path):
     m = run(tmp_path, "staleness=1", "lag=0", "method=token_clip")
     assert (m["abs_log_rho_mu"] == 0).all() and (m["abs_log_rho_old"] == 0).all()
     assert (m["kl_mu_pi"] == 0).all() and (m["log_w_max"] == 0).all() and (m["clip_frac"] == 0).all()
-    assert (m["engine_logp_max_abs_diff"] < 1e-4).all()  # the sampler's own numbers: summation order only
+    assert (m["engine_gap_max_abs"] < 1e-4).all()  # the sampler's own numbers: summation order only
 
 
 def test_bf16_engine_is_measurably_off_policy(tmp_path):
     m = run(tmp_path, "staleness=1", "rollout.dtype=bfloat16")
     assert (m["kl_mu_pi"] > 0).all() and (m["abs_log_rho_mu"] > 1e-4).all()
     assert (m["abs_log_rho_old"] == 0).all()  # decoupled: pi_old is the trainer's fp32 policy
+    assert (m["engine_gap_mean_abs"] > 1e-4).all()
     assert (m["version_gap"] == 0).all()
 
 

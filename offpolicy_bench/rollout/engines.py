@@ -31,7 +31,8 @@ class HFEngine:
 
     name = "hf"
 
-    def __init__(self, trainer_model, dtype: str, private: bool):
+    def __init__(self, trainer_model, tok, cfg, private: bool):
+        dtype = cfg.rollout.dtype
         if dtype not in DTYPES:
             raise OffbenchError(f"rollout.dtype={dtype!r}: choose one of {', '.join(DTYPES)}")
         self.shares_trainer = not private
@@ -54,7 +55,12 @@ class HFEngine:
             self.model.train(was_training)
 
 
-def make_engine(name: str, trainer_model, dtype: str, lag: int):
+def _load_engines() -> None:
+    from . import vllm_engine  # noqa: F401  (registers "vllm"; imports vllm only when used)
+
+
+def make_engine(name: str, trainer_model, tok, cfg):
     """An engine that shares the trainer's module unless lag or dtype require a private copy."""
+    _load_engines()
     cls = ENGINES.get(name)
-    return cls(trainer_model, dtype, private=lag > 0 or dtype != "float32")
+    return cls(trainer_model, tok, cfg, private=cfg.lag > 0 or cfg.rollout.dtype != "float32")
