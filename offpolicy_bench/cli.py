@@ -34,6 +34,29 @@ def _run(args) -> int:
     return 0
 
 
+def _grid(args) -> int:
+    from .grid import run_grid
+
+    overrides = list(args.overrides) + (["dry_run=true"] if args.dry_run else [])
+    run_grid(overrides, log=lambda m: print(m, flush=True))
+    return 0
+
+
+def _report(args) -> int:
+    from .report import table
+
+    print(table(args.grid_dir, metric=args.metric, fmt=args.format))
+    return 0
+
+
+def _plot(args) -> int:
+    from .plots import plot_all
+
+    for path in plot_all(args.grid_dir, args.out):
+        print(path)
+    return 0
+
+
 def _methods(args) -> int:
     from .method import METHODS, field_docs
     from .plugins import load_builtin
@@ -98,6 +121,22 @@ def main(argv: list[str] | None = None) -> int:
     p_run = sub.add_parser("run", help="train one run (offbench run --help lists every key)")
     p_run.add_argument("overrides", nargs="*", help="key=value config overrides")
     p_run.set_defaults(fn=_run)
+    p_grid = sub.add_parser("grid", help="run the product of list-valued overrides, e.g. staleness=[1,4,16] seed=[0,1,2]",
+                            description="Every list value [a,b] is swept; name= names the grid folder; jobs= parallel "
+                                        "runs (default: one per core, threads x jobs <= cores); executor=local|ray "
+                                        "(ray_address= for a cluster). Re-running skips finished cells.")
+    p_grid.add_argument("overrides", nargs="*", help="key=value or key=[v1,v2,...]")
+    p_grid.add_argument("--dry-run", action="store_true", help="list the cells and exit")
+    p_grid.set_defaults(fn=_grid)
+    p_rep = sub.add_parser("report", help="Table-2-shaped summary of a grid (methods x staleness, mean and 95% CI)")
+    p_rep.add_argument("grid_dir")
+    p_rep.add_argument("--format", default="md", choices=["md", "csv", "latex"])
+    p_rep.add_argument("--metric", default="eval_accuracy_final", help="a summary.parquet column")
+    p_rep.set_defaults(fn=_report)
+    p_plot = sub.add_parser("plot", help="write every paper-style figure of a grid (PNG and PDF)")
+    p_plot.add_argument("grid_dir")
+    p_plot.add_argument("--out", default=None, help="output folder (default: <grid_dir>/figures)")
+    p_plot.set_defaults(fn=_plot)
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
     sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)

@@ -20,3 +20,19 @@ def offbench(*args, cwd=None, timeout=300):
     """Run the real console script; returns CompletedProcess with text output."""
     exe = os.path.join(os.path.dirname(sys.executable), "offbench")
     return subprocess.run([exe, *args], capture_output=True, text=True, cwd=cwd, timeout=timeout)
+
+
+GRID_TINY = [a for a in TINY if not a.startswith(("train.steps", "log.eval_every"))] + [
+    "train.steps=8", "log.eval_every=4", "warmstart.steps=30"]
+
+
+@pytest.fixture(scope="session")
+def tiny_grid(tmp_path_factory):
+    """A real 2 methods x 2 staleness x 2 seeds grid of tiny runs, shared by report / plot / notebook
+    tests. Returns the grid folder."""
+    out = tmp_path_factory.mktemp("grid")
+    os.environ.setdefault("OFFBENCH_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    r = offbench("grid", "method=[token_clip,vespo]", "staleness=[1,2]", "seed=[0,1]", *GRID_TINY,
+                 f"log.out_dir={out}", "name=g", "jobs=2", timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return out / "g"

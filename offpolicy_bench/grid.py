@@ -1,0 +1,283 @@
+"""Grids: the product of list-valued overrides, every cell a run with a stable id, run in parallel,
+resumable, with tidy tables rebuilt from the cell folders.
+
+    offbench grid method=[token_clip,vespo] staleness=[1,4,16] model=[dense,moe] seed=[0,1,2] name=g
+
+results/<grid>/
+  cells/<run_id>/     one run folder per cell (config.yaml, run.json, metrics.parquet, summary.json)
+  runs.parquet        one row per cell: run_id, every swept knob, seed, status, wall time, error, versions
+  metrics.parquet     long: run_id, step, split, metric, value
+  summary.parquet     one row per finished cell: final / best eval accuracy, collapse step, measured KL ...
+A cell whose run.json says `finished` is skipped on a re-run; a cell killed in flight is re-run from
+scratch; the tables are rebuilt from the folders, so each cell appears exactly once.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+import traceback
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+import pandas as pd
+from omegaconf import OmegaConf
+
+from .config import build_config, config_hash, parse_overrides
+from .registry import OffbenchError
+from .results import atomic_write, atomic_write_parquet
+
+GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run"}  # grid options, not run config
+
+
+def _split_list(value: str) -> list[str] | None:
+    v = value.strip()
+    if v.startswith("[") and v.endswith("]"):
+        items = [x.strip() for x in v[1:-1].split(",") if x.strip()]
+        if not items:
+            raise OffbenchError(f"empty list {value!r}")
+        return items
+    return None
+
+
+def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[str]]:
+    """(grid options, the override list of every cell, the swept keys in order)."""
+    options, fixed, swept = {}, [], []
+    for key, value in parse_overrides(overrides):
+        if key in GRID_KEYS:
+            options[key] = value
+        elif key == "plugins":
+            fixed.append(f"{key}={value}")
+        elif (items := _split_list(value)) is not None:
+            swept.append((key, items))
+        else:
+            fixed.append(f"{key}={value}")
+    cells = []
+    for combo in itertools.product(*[items for _, items in swept]):
+        cells.append(fixed + [f"{k}={v}" for (k, _), v in zip(swept, combo)])
+    return options, cells, [k for k, _ in swept]
+
+
+def _cell_dir(grid_dir: str, run_id: str) -> str:
+    return os.path.join(grid_dir, "cells", run_id)
+
+
+def _status(cell_dir: str) -> str | None:
+    try:
+        return json.load(open(os.path.join(cell_dir, "run.json"))).get("status")
+    except (OSError, ValueError):
+        return None
+
+
+def run_cell(overrides: list[str], threads: int) -> dict:
+    """Run one cell in this process (a pool worker or a Ray task); never raises."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    t0 = time.time()
+    try:
+        from .trainer import train
+
+        cfg = build_config(overrides + [f"threads={threads}", "log.progress=false"])
+        summary = train(cfg, log=lambda m: None)
+        return {"status": summary["status"], "wall_s": time.time() - t0}
+    except BaseException as e:  # recorded, never allowed to stop the other cells
+        return {"status": "failed", "error": f"{type(e).__name__}: {e}", "trace": traceback.format_exc()[-2000:],
+                "wall_s": time.time() - t0}
+
+
+def _warm_starts(cfgs) -> None:
+    """Build each distinct warm start once, before the cells run in parallel (no duplicate work)."""
+    from .models import load_model
+    from .tasks_api import get_task
+
+    seen = set()
+    for cfg in cfgs:
+        key = json.dumps([OmegaConf.to_container(cfg[k]) for k in ("model", "task", "warmstart")], sort_keys=True)
+        if key in seen or cfg.model.name not in ("dense", "moe") or not cfg.warmstart.cache:
+            continue
+        seen.add(key)
+        task_cls = get_task(cfg.task.name)
+        task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+        load_model(cfg, task, log=lambda m: print(f"  {m}", file=sys.stderr))
+
+
+def run_grid(overrides: list[str], log=print) -> str:
+    options, cell_overrides, swept = expand(overrides)
+    names = [v for k, v in parse_overrides(overrides) if k == "name"]
+    if not names:
+        raise OffbenchError("a grid needs name=<grid name> (its folder under log.out_dir)")
+    cfgs = []
+    for ov in cell_overrides:
+        cfg = build_config(ov)
+        run_id = config_hash(cfg)
+        cfg.name = run_id
+        cfgs.append((ov, cfg, run_id))
+    out_root = cfgs[0][1].log.out_dir
+    grid_dir = os.path.join(out_root, names[-1])
+    ids = [r for _, _, r in cfgs]
+    if len(set(ids)) != len(ids):
+        raise OffbenchError("two cells resolve to the same config (a swept key has repeated values)")
+    todo = [(ov, cfg, rid) for ov, cfg, rid in cfgs if _status(_cell_dir(grid_dir, rid)) != "finished"]
+    jobs = int(options.get("jobs", 0)) or max(1, (os.cpu_count() or 1) // 1)
+    jobs = min(jobs, max(1, len(todo)))
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    executor = options.get("executor", "local")
+    log(f"grid {names[-1]}: {len(cfgs)} cells over {', '.join(swept) or 'nothing'}; {len(cfgs) - len(todo)} "
+        f"finished already, {len(todo)} to run with {jobs} job(s) x {threads} thread(s) on {executor} -> {grid_dir}")
+    if options.get("dry_run", "false").lower() in ("1", "true", "yes"):
+        for ov, cfg, rid in cfgs:
+            log(f"  {rid}  {' '.join(ov)}")
+        return grid_dir
+    os.makedirs(os.path.join(grid_dir, "cells"), exist_ok=True)
+    _write_grid_meta(grid_dir, overrides, swept)
+    _warm_starts([cfg for _, cfg, _ in todo])
+    cell_args = [(ov + [f"name={rid}", f"log.out_dir={os.path.join(grid_dir, 'cells')}"], rid) for ov, _, rid in todo]
+    results = {}
+    if executor == "local":
+        results = _run_local(cell_args, jobs, threads, grid_dir, swept, log)
+    elif executor == "ray":
+        results = _run_ray(cell_args, threads, options.get("ray_address"), grid_dir, swept, log)
+    else:
+        raise OffbenchError(f"executor={executor!r}: choose local or ray")
+    for rid, res in results.items():
+        if res["status"] == "failed" and _status(_cell_dir(grid_dir, rid)) != "failed":
+            _mark_failed(_cell_dir(grid_dir, rid), rid, res)
+    collect(grid_dir, swept)
+    failed = sum(r["status"] == "failed" for r in results.values())
+    log(f"grid done: {len(results) - failed} finished, {failed} failed this time; tables in {grid_dir}")
+    return grid_dir
+
+
+def _progress(log, done, total, failed, pending, slots, t0):
+    el = time.time() - t0
+    eta = el / done * (total - done) if done else float("nan")
+    running = min(pending, slots)
+    log(f"  cells {done}/{total} done ({failed} failed), {running} running, {pending - running} queued, "
+        f"elapsed {el:.0f}s, ETA {eta:.0f}s")
+
+
+def _run_local(cell_args, jobs, threads, grid_dir, swept, log) -> dict:
+    import multiprocessing as mp
+
+    results, t0 = {}, time.time()
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+        futures = {pool.submit(run_cell, ov, threads): rid for ov, rid in cell_args}
+        pending = set(futures)
+        while pending:
+            done, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for f in done:
+                rid = futures[f]
+                try:
+                    results[rid] = f.result()
+                except BaseException as e:  # a worker died (OOM, kill): record, go on
+                    results[rid] = {"status": "failed", "error": f"worker died: {type(e).__name__}: {e}"}
+                if results[rid]["status"] == "failed":
+                    _mark_failed(_cell_dir(grid_dir, rid), rid, results[rid])
+            collect(grid_dir, swept)
+            _progress(log, len(results), len(cell_args), sum(r["status"] == "failed" for r in results.values()),
+                      len(pending), jobs, t0)
+    return results
+
+
+def _run_ray(cell_args, threads, address, grid_dir, swept, log) -> dict:
+    try:
+        import ray
+    except ImportError:
+        raise OffbenchError("executor=ray needs Ray: pip install \"offpolicy-bench[ray]\"") from None
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address or None, include_dashboard=False, log_to_driver=False,
+                 **({} if address else {"num_cpus": os.cpu_count()}))
+    try:
+        remote = ray.remote(num_cpus=threads)(run_cell)
+        refs = {remote.remote(ov, threads): rid for ov, rid in cell_args}
+        results, pending, t0 = {}, list(refs), time.time()
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1)
+            for ref in done:
+                rid = refs[ref]
+                try:
+                    results[rid] = ray.get(ref)
+                except Exception as e:  # noqa: BLE001 - a lost worker is a failed cell, not a failed grid
+                    results[rid] = {"status": "failed", "error": f"ray task failed: {type(e).__name__}: {e}"}
+                if results[rid]["status"] == "failed":
+                    _mark_failed(_cell_dir(grid_dir, rid), rid, results[rid])
+            collect(grid_dir, swept)
+            _progress(log, len(results), len(cell_args), sum(r["status"] == "failed" for r in results.values()),
+                      len(pending), max(1, int(ray.available_resources().get("CPU", 1) // threads)), t0)
+        return results
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _mark_failed(cell_dir: str, run_id: str, res: dict) -> None:
+    os.makedirs(cell_dir, exist_ok=True)
+    path = os.path.join(cell_dir, "run.json")
+    run = {}
+    try:
+        run = json.load(open(path))
+    except (OSError, ValueError):
+        pass
+    run.update({"run_id": run_id, "status": "failed", "error": res.get("error", "unknown")})
+    atomic_write(path, (json.dumps(run, indent=1) + "\n").encode())
+
+
+def _write_grid_meta(grid_dir: str, overrides: list[str], swept: list[str]) -> None:
+    path = os.path.join(grid_dir, "grid.json")
+    meta = {"overrides": overrides, "swept": swept}
+    if os.path.isfile(path):
+        old = json.load(open(path))
+        if old.get("swept") != swept:
+            raise OffbenchError(f"{grid_dir} holds a grid over {old.get('swept')}; use another name=")
+    atomic_write(path, (json.dumps(meta, indent=1) + "\n").encode())
+
+
+def collect(grid_dir: str, swept: list[str] | None = None) -> None:
+    """Rebuild runs / metrics / summary tables from the cell folders (atomic writes)."""
+    from .report import summarize_run
+
+    if swept is None:
+        swept = json.load(open(os.path.join(grid_dir, "grid.json")))["swept"]
+    runs, metrics, summaries = [], [], []
+    cells = os.path.join(grid_dir, "cells")
+    for rid in sorted(os.listdir(cells)) if os.path.isdir(cells) else []:
+        d = os.path.join(cells, rid)
+        try:
+            run = json.load(open(os.path.join(d, "run.json")))
+        except (OSError, ValueError):
+            continue  # a cell that never started writing: not a row
+        row = {"run_id": rid, "status": run.get("status"), "error": run.get("error"),
+               "wall_time_s": run.get("wall_time_s"), "git_commit": run.get("git_commit"),
+               "task_version": run.get("task_version"), "agg": run.get("agg"),
+               "versions": json.dumps(run.get("versions", {}), sort_keys=True)}
+        cfg_path = os.path.join(d, "config.yaml")
+        if os.path.isfile(cfg_path):
+            cfg = OmegaConf.load(cfg_path)
+            row.update({"method": cfg.method.name, "task": cfg.task.name, "model": cfg.model.name,
+                        "staleness": cfg.staleness, "lag": cfg.lag, "seed": cfg.seed,
+                        "correction": cfg.correction.name, "rollout_dtype": cfg.rollout.dtype})
+            for key in swept:
+                val = OmegaConf.select(cfg, key if key not in ("method", "task", "correction", "model") else
+                                       f"{key}.name")
+                row[key] = val if not OmegaConf.is_config(val) else json.dumps(OmegaConf.to_container(val))
+        runs.append(row)
+        mpath = os.path.join(d, "metrics.parquet")
+        if os.path.isfile(mpath):
+            m = pd.read_parquet(mpath)
+            m.insert(0, "run_id", rid)
+            metrics.append(m)
+            if run.get("status") == "finished":
+                summaries.append({"run_id": rid, **summarize_run(m)})
+    runs_df = pd.DataFrame(runs)
+    for key in swept:  # mixed-type columns (e.g. staleness ints) stay typed; others as strings
+        if key in runs_df and runs_df[key].map(type).nunique() > 1:
+            runs_df[key] = runs_df[key].astype(str)
+    atomic_write_parquet(runs_df, os.path.join(grid_dir, "runs.parquet"))
+    cols = ["run_id", "step", "split", "metric", "value"]
+    atomic_write_parquet(pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=cols),
+                         os.path.join(grid_dir, "metrics.parquet"))
+    atomic_write_parquet(pd.DataFrame(summaries), os.path.join(grid_dir, "summary.parquet"))

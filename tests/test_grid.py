@@ -1,0 +1,114 @@
+"""Grids: expansion, kill -9 and resume with every cell exactly once, Ray gives the same rows, report."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from conftest import GRID_TINY, offbench
+from offpolicy_bench import OffbenchError
+from offpolicy_bench.grid import expand
+
+GRID = ["method=[token_clip,vespo]", "staleness=[1,2]", "seed=[0,1]", *GRID_TINY]
+
+
+def test_expand_product_and_options():
+    opts, cells, swept = expand(["method=[a,b]", "staleness=[1,4,16]", "seed=0", "jobs=3"])
+    assert opts == {"jobs": "3"} and swept == ["method", "staleness"] and len(cells) == 6
+    assert ["seed=0", "method=a", "staleness=1"] in cells and ["seed=0", "method=b", "staleness=16"] in cells
+    with pytest.raises(OffbenchError, match="empty list"):
+        expand(["seed=[]"])
+
+
+def statuses(grid):
+    out = {}
+    cells = grid / "cells"
+    for rid in os.listdir(cells) if cells.exists() else []:
+        try:
+            out[rid] = json.load(open(cells / rid / "run.json"))["status"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return out
+
+
+def check_complete(grid):
+    runs = pd.read_parquet(grid / "runs.parquet")
+    metrics = pd.read_parquet(grid / "metrics.parquet")
+    summary = pd.read_parquet(grid / "summary.parquet")
+    assert len(runs) == 8 and runs.run_id.is_unique and set(runs.status) == {"finished"}
+    assert sorted(summary.run_id) == sorted(runs.run_id)
+    # no partial or duplicated rows: each run's metric rows are unique and reach the last step
+    assert not metrics.duplicated(["run_id", "step", "split", "metric"]).any()
+    assert set(metrics[metrics.split == "train"].groupby("run_id").step.max()) == {8}
+    assert set(zip(runs.method, runs.staleness, runs.seed)) == {
+        (m, n, s) for m in ("token_clip", "vespo") for n in (1, 2) for s in (0, 1)}
+    return runs, summary
+
+
+def test_grid_killed_with_sigkill_resumes_to_every_cell_once(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "offbench")
+    cmd = [exe, "grid", *GRID, f"log.out_dir={tmp_path}", "name=g", "jobs=1"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    grid = tmp_path / "g"
+    deadline = time.time() + 300
+    while time.time() < deadline and sum(s == "finished" for s in statuses(grid).values()) < 2:
+        time.sleep(0.2)
+    os.killpg(p.pid, signal.SIGKILL)  # the grid and its worker, mid-cell
+    p.wait()
+    done_before = {r for r, s in statuses(grid).items() if s == "finished"}
+    assert 2 <= len(done_before) < 8
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert f"{len(done_before)} finished already" in r.stdout
+    runs, summary = check_complete(grid)
+    # a finished cell is not re-run: its folder keeps its first wall time stamp
+    r2 = offbench("grid", *GRID, f"log.out_dir={tmp_path}", "name=g")
+    assert "8 finished already, 0 to run" in r2.stdout
+    # same grid through Ray: the same rows
+    pytest.importorskip("ray", reason="Ray not installed (optional extra: pip install '.[ray]')")
+    r3 = offbench("grid", *GRID, f"log.out_dir={tmp_path}", "name=gr", "executor=ray", "jobs=1", timeout=600)
+    assert r3.returncode == 0, r3.stdout + r3.stderr
+    runs_r, summary_r = check_complete(tmp_path / "gr")
+    assert sorted(runs_r.run_id) == sorted(runs.run_id)
+    cols = ["run_id", "eval_accuracy_start", "eval_accuracy_final", "steps", "kl_mu_pi_mean"]
+    a = summary[cols].sort_values("run_id").reset_index(drop=True)
+    b = summary_r[cols].sort_values("run_id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_failed_cell_is_recorded_and_does_not_stop_others(tmp_path):
+    # model=<missing dir> fails in every cell that uses it; the dense cells still finish
+    r = offbench("grid", "model=[dense,/no/such/model]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=f", "jobs=2")
+    assert r.returncode == 0, r.stderr
+    runs = pd.read_parquet(tmp_path / "f" / "runs.parquet")
+    assert sorted(runs.status) == ["failed", "finished"]
+    assert "not a built-in model" in runs[runs.status == "failed"].error.iloc[0]
+
+
+def test_report_prints_table_two_shape(tiny_grid):
+    r = offbench("report", str(tiny_grid))
+    assert r.returncode == 0, r.stderr
+    assert "| method | N=1 | N=2 |" in r.stdout and "| token_clip |" in r.stdout and "| vespo |" in r.stdout
+    assert "(2)" in r.stdout  # two seeds per cell
+    for fmt, marker in (("csv", "method,N=1,N=2"), ("latex", r"\begin{tabular}")):
+        r = offbench("report", str(tiny_grid), "--format", fmt)
+        assert r.returncode == 0 and marker in r.stdout
+
+
+def test_report_of_a_non_grid_is_a_clear_error(tmp_path):
+    r = offbench("report", str(tmp_path))
+    assert r.returncode == 2 and "not a grid folder" in r.stderr
+
+
+def test_mean_ci_closed_form():
+    from offpolicy_bench.report import mean_ci
+
+    m, ci, n = mean_ci([0.5, 0.7, 0.6])
+    assert (m, n) == (pytest.approx(0.6), 3)
+    assert ci == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
+    assert mean_ci([0.4])[1] != mean_ci([0.4])[1]  # one seed: no interval (NaN)
