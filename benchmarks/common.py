@@ -1,0 +1,53 @@
+"""Shared setup for the benchmarks: the default run's model and task, built or taken from cache."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+
+def default_model(extra: list[str] | None = None):
+    from omegaconf import OmegaConf
+
+    from offpolicy_bench.config import build_config
+    from offpolicy_bench.models import load_model
+    from offpolicy_bench.tasks_api import get_task
+
+    cfg = build_config(["log.progress=false", *(extra or [])])
+    task_cls = get_task(cfg.task.name)
+    task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+    model, tok, _ = load_model(cfg, task, log=lambda m: None)
+    return cfg, model.eval(), tok, task
+
+
+def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
+    """Median wall seconds of fn() over `repeat` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return sorted(ts)[len(ts) // 2]
+
+
+def emit(obj: dict) -> None:
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+                      "threads": torch.get_num_threads(), **obj}), flush=True)
+
+
+def interleaved(fns: dict, repeat: int = 7, warmup: int = 1) -> dict[str, float]:
+    """Median seconds of each fn, run alternately (A B A B ...) so machine noise hits both alike."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    ts = {k: [] for k in fns}
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            ts[k].append(time.perf_counter() - t0)
+    return {k: sorted(v)[len(v) // 2] for k, v in ts.items()}

@@ -1,0 +1,51 @@
+"""No wasted passes: the loop computes each log-prob it needs once.
+
+Per rollout batch of N mini-batches: sampling (one prefill of the distinct prompts + at most
+max_new_tokens - 1 decode steps), N no-grad trainer passes for pi_old (which double as mu when the
+engine shares the trainer), N passes with grad for the updates; none for pi_old in bypass mode.
+"""
+
+import pytest
+import torch
+
+from conftest import TINY
+from offpolicy_bench.config import build_config
+from offpolicy_bench.models import load_model
+from offpolicy_bench import trainer as trainer_mod
+
+
+def count_passes(monkeypatch, overrides):
+    calls = []
+    real_load = trainer_mod.load_model
+
+    def load_and_hook(cfg, task, log=print):
+        model, tok, info = real_load(cfg, task, log)
+
+        def hook(mod, args, kwargs):
+            kind = "sample" if kwargs.get("use_cache") else ("train" if torch.is_grad_enabled() else "no_grad")
+            calls.append(kind)
+
+        model.register_forward_pre_hook(hook, with_kwargs=True)
+        return model, tok, info
+
+    monkeypatch.setattr(trainer_mod, "load_model", load_and_hook)
+    cfg = build_config([*TINY, "log.eval_every=1000", *overrides])
+    trainer_mod.train(cfg, log=lambda m: None)
+    return calls, cfg
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_forward_passes_per_rollout_batch(monkeypatch, tmp_path, n):
+    calls, cfg = count_passes(monkeypatch, [f"staleness={n}", "train.steps=8", f"log.out_dir={tmp_path}"])
+    batches = 8 // n
+    assert calls.count("train") == 8  # one pass with grad per gradient step
+    assert calls.count("no_grad") == 8  # pi_old once per mini-batch, reused as mu
+    # sampling: per rollout batch one prefill + decode steps; evals (start + end) are greedy sampling too
+    evals = 2
+    assert calls.count("sample") <= (batches + evals) * cfg.rollout.max_new_tokens
+
+
+def test_bypass_with_own_engine_skips_the_pi_old_pass(monkeypatch, tmp_path):
+    calls, _ = count_passes(monkeypatch, ["staleness=2", "train.steps=4", "rollout.dtype=bfloat16",
+                                          "correction_mode=bypass", f"log.out_dir={tmp_path}"])
+    assert calls.count("train") == 4 and calls.count("no_grad") == 0
