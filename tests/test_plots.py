@@ -1,0 +1,163 @@
+"""Figures from a real tiny grid: every file written, every axis labelled, one colour per method in
+every figure, the kernel's defining points, the `offbench plot` command, and figures built from the
+three parquet tables alone (no cell folders)."""
+
+import os
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.colors import to_hex
+
+from conftest import offbench
+from offpolicy_bench import plots
+
+TABLES = ("runs.parquet", "metrics.parquet", "summary.parquet")
+STEMS = {"kernel", "reward_vs_step", "metric_grid", "accuracy_vs_n"}
+
+
+def tables_only(grid, dest):
+    """A grid folder holding only the three tables (so a figure cannot read anything else)."""
+    dest.mkdir()
+    for name in TABLES:
+        shutil.copy(os.path.join(grid, name), dest / name)
+    return dest
+
+
+def axes_of(fig):
+    return [ax for ax in fig.axes if ax.get_visible()]
+
+
+def test_plot_all_writes_every_figure_as_png_and_pdf(tiny_grid, tmp_path):
+    paths = plots.plot_all(str(tiny_grid), str(tmp_path / "figs"))
+    assert {os.path.basename(p) for p in paths} == {f"{s}.{e}" for s in STEMS for e in ("png", "pdf")}
+    for p in paths:
+        head = open(p, "rb").read(8)
+        assert os.path.getsize(p) > 1000, p
+        assert head.startswith(b"\x89PNG" if p.endswith(".png") else b"%PDF"), p
+
+
+def test_figures_read_only_the_tables_and_default_to_grid_figures(tiny_grid, tmp_path):
+    g = tables_only(tiny_grid, tmp_path / "g")
+    paths = plots.plot_all(g)
+    assert paths and all(os.path.dirname(p) == str(g / "figures") for p in paths)
+
+
+def test_every_axis_has_x_and_y_labels(tiny_grid):
+    figs = plots.figures(str(tiny_grid))
+    assert set(figs) == STEMS  # the tiny grid sweeps nothing else: no ablation figure
+    for stem, fig in figs.items():
+        for ax in axes_of(fig):
+            assert ax.get_xlabel().strip() and ax.get_ylabel().strip(), (stem, ax.get_title())
+        assert fig.get_suptitle(), stem
+    # one task and one model: the titles say which
+    assert "task=math, model=dense" in figs["reward_vs_step"].get_suptitle()
+
+
+def test_each_method_has_the_same_colour_in_every_figure(tiny_grid):
+    g = plots.load(str(tiny_grid))
+    methods = set(g.runs.method)
+    seen = {}  # (figure, method) -> colours used for that method's own lines / titles
+    for stem, fig in plots.figures(g).items():
+        for ax in axes_of(fig):
+            for line in ax.get_lines():
+                if line.get_gid() in methods:
+                    seen.setdefault((stem, line.get_gid()), set()).add(to_hex(line.get_color()))
+            if stem == "reward_vs_step":  # a panel per method, titled in the method's colour
+                m = ax.get_title().split()[0]
+                seen.setdefault((stem, m), set()).add(to_hex(ax.title.get_color()))
+    for m in methods:
+        figs_with_m = {stem for stem, mm in seen if mm == m}
+        assert figs_with_m == STEMS, (m, figs_with_m)
+        colours = set().union(*(c for (stem, mm), c in seen.items() if mm == m))
+        assert colours == {plots.METHOD_COLORS[m]}, (m, colours)
+
+
+def test_colour_table_covers_the_paper_methods_and_unknown_names_are_stable():
+    known = ["on_policy", "token_clip", "naive_is", "gspo", "vespo", "sapo", "cispo", "topr", "gmpo", "seq_clip"]
+    assert all(m in plots.METHOD_COLORS for m in known)
+    assert len(set(plots.METHOD_COLORS.values())) == len(plots.METHOD_COLORS)
+    c = plots.method_color("my_new_loss")
+    assert c == plots.method_color("my_new_loss") and c not in plots.METHOD_COLORS.values()
+    assert plots.n_style(4) == plots.N_STYLES[4] and plots.n_style(3) == plots.n_style(3)
+
+
+@pytest.mark.parametrize("panel,c1,c2", [(0, 2.0, 3.0), (1, 3.0, 2.0)])
+def test_kernel_figure_phi_is_one_at_one_and_peaks_at_c1_over_c2(panel, c1, c2):
+    ax = plots.kernel_figure().axes[panel]
+    lines = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
+    assert {"vespo", "token_clip", "sapo"} <= set(lines)
+    w, phi = (np.asarray(a, dtype=float) for a in lines["vespo"].get_data())
+    assert w.min() == 0.0 and w.max() == 3.0
+    assert phi[np.argmin(abs(w - 1.0))] == pytest.approx(1.0, abs=1e-12)
+    assert w[np.argmax(phi)] == pytest.approx(c1 / c2, abs=1e-12)
+    assert phi.max() == pytest.approx((c1 / c2) ** c1 * np.exp(c2 - c1), rel=1e-12)
+    for name in ("token_clip", "sapo"):  # every curve passes through 1 at W = 1
+        x, y = (np.asarray(a, dtype=float) for a in lines[name].get_data())
+        assert y[np.argmin(abs(x - 1.0))] == pytest.approx(1.0, abs=1e-12)
+    x, clip = (np.asarray(a, dtype=float) for a in lines["token_clip"].get_data())
+    if panel == 0:  # A > 0: the clip's gradient vanishes above 1 + eps_high
+        assert (clip[x > 1.28] == 0).all() and (clip[x <= 1.28] == 1).all()
+    else:  # A < 0: below 1 - eps_low
+        assert (clip[x < 0.8] == 0).all() and (clip[x >= 0.8] == 1).all()
+    x, gate = (np.asarray(a, dtype=float) for a in lines["sapo"].get_data())
+    tau = 1.0 if panel == 0 else 1.05
+    s = 1 / (1 + np.exp(-tau * (x - 1)))
+    np.testing.assert_allclose(gate, 4 * x * s * (1 - s), rtol=1e-12)
+
+
+def test_offbench_plot_prints_the_written_paths(tiny_grid, tmp_path):
+    g = tables_only(tiny_grid, tmp_path / "g")
+    r = offbench("plot", str(g))
+    assert r.returncode == 0, r.stdout + r.stderr
+    printed = r.stdout.split()
+    assert len(printed) == 2 * len(STEMS)
+    assert all(os.path.isfile(p) and os.path.dirname(p) == str(g / "figures") for p in printed)
+    r = offbench("plot", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "not a grid folder" in r.stderr
+
+
+def test_swept_knobs_give_an_ablation_figure_and_separate_series(tiny_grid, tmp_path):
+    g = tables_only(tiny_grid, tmp_path / "abl")
+    runs = pd.read_parquet(g / "runs.parquet")
+    # pretend seed 1 of vespo ran length_norm=lin; token_clip has no such knob (None in the table)
+    runs["method.length_norm"] = np.where(runs.method != "vespo", None, np.where(runs.seed == 0, "none", "lin"))
+    runs.to_parquet(g / "runs.parquet")
+    fig = plots.ablation_figure(str(g))
+    assert fig is not None
+    gids = {ln.get_gid() for ax in fig.axes for ln in ax.get_lines()}
+    assert gids == {"token_clip", "vespo, length_norm=none", "vespo, length_norm=lin"}
+    for ax in axes_of(fig):
+        assert ax.get_xlabel() and ax.get_ylabel()
+    assert "length_norm" in fig.get_suptitle()
+    # the variants are never averaged together in the other figures either
+    acc = plots.accuracy_vs_n(str(g))
+    assert {ln.get_gid() for ax in acc.axes for ln in ax.get_lines() if ln.get_gid()} == gids
+    assert "ablation.png" in {os.path.basename(p) for p in plots.plot_all(str(g))}
+    assert plots.ablation_figure(str(tiny_grid)) is None
+
+
+def test_runs_with_missing_eval_points_are_drawn_not_dropped(tiny_grid, tmp_path):
+    g = tables_only(tiny_grid, tmp_path / "partial")
+    runs = pd.read_parquet(g / "runs.parquet")
+    metrics = pd.read_parquet(g / "metrics.parquet")
+    summary = pd.read_parquet(g / "summary.parquet")
+    # every vespo run lost its eval points after step 0; one of them stopped early and failed
+    victim = runs[runs.method == "vespo"].run_id.iloc[0]
+    vespo = set(runs[runs.method == "vespo"].run_id)
+    metrics = metrics[~((metrics.split == "eval") & (metrics.step > 0) & metrics.run_id.isin(vespo))]
+    metrics = metrics[~((metrics.run_id == victim) & (metrics.step > 4))]
+    runs.loc[runs.run_id == victim, "status"] = "failed"
+    metrics.to_parquet(g / "metrics.parquet")
+    runs.to_parquet(g / "runs.parquet")
+    summary[summary.run_id != victim].to_parquet(g / "summary.parquet")
+    fig = plots.metric_grid(str(g))
+    eval_cols = [ax for ax in fig.axes if ax.get_ylabel() == plots.LABELS["eval_accuracy"]]
+    assert len(eval_cols) == runs.staleness.nunique()
+    for ax in eval_cols:  # vespo's lone eval point (step 0) is still drawn, with a marker
+        lines = {ln.get_gid(): ln for ln in ax.get_lines()}
+        assert set(lines) == {"token_clip", "vespo"}
+        assert list(lines["vespo"].get_xdata()) == [0] and lines["vespo"].get_marker() not in (None, "None", "")
+    assert "1 of 8 runs not finished (1 failed)" in fig.get_supxlabel()
+    assert "1 of 8 runs have no summary row" in plots.accuracy_vs_n(str(g)).get_supxlabel()
