@@ -81,6 +81,7 @@ def train(cfg: DictConfig, log=print) -> dict:
         for _ in range(total // n):
             # 1. sample the whole rollout batch with the behaviour policy mu (the current policy, or
             #    the one `lag` optimizer steps back, in the engine's dtype); log mu recorded now
+            t_rollout = time.perf_counter()
             mu_version = step
             if not engine.shares_trainer:
                 mu_version, weights = ring.take(step)
@@ -109,9 +110,11 @@ def train(cfg: DictConfig, log=print) -> dict:
             routing = None if engine.shares_trainer else moe_routing_diff(getattr(engine, "model", None), model, mbs[0])
             if routing is not None:
                 gap["moe_routing_diff_frac"] = routing
+            t_rollout = time.perf_counter() - t_rollout  # sampling, grading, pi_old: shared by the N steps
             # 4. update on each mini-batch in turn: mini-batch i is i policy versions stale
             model.train()
             for i, mb in enumerate(mbs):
+                t_update = time.perf_counter()
                 rows = slice(i * mb_rows, (i + 1) * mb_rows)
                 logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True)
                 batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
@@ -126,6 +129,7 @@ def train(cfg: DictConfig, log=print) -> dict:
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 opt.step()
                 step += 1
+                t_update = time.perf_counter() - t_update
                 # 5. metrics: the same for every method, plus the method's own diagnostics
                 gr = grades[rows]
                 last = {"reward": rewards[rows].mean().item(), "accuracy": sum(x.correct for x in gr) / len(gr),
@@ -135,6 +139,7 @@ def train(cfg: DictConfig, log=print) -> dict:
                         "zero_adv_frac": (adv[rows] == 0).float().mean().item(),
                         "entropy": masked_mean(ent, mb.response_mask).item(), "loss": out.loss.item(),
                         "grad_norm": grad_norm.item(), "version_gap": float(step - 1 - mu_version),
+                        "time_update_s": t_update, "time_step_s": t_update + t_rollout / n,
                         **offpolicy_diagnostics(batch), **out.metrics}
                 last.update(gap)
                 writer.log(step, "train", last)
