@@ -93,20 +93,19 @@ def train(cfg: DictConfig, log=print) -> dict:
             grades = [task.grade(exs[i // g], text) for i, text in enumerate(ro.texts)]
             rewards = torch.tensor([gr.reward for gr in grades])
             adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
-            # 3. split into N mini-batches; pi_old = the trainer's policy before any update, once per
-            #    mini-batch (bypass mode: pi_old = mu). An engine sharing the trainer's module has no
-            #    engine gap: mu is taken from the same pass (their difference is summation order only)
+            # 3. split into N mini-batches. pi_old = the trainer's policy before any update: mini-batch 0
+            #    is trained before any update, so its pi_old is its own training forward (detached);
+            #    mini-batches 1.. get one no-grad pass now (bypass mode with its own engine: pi_old = mu).
+            #    An engine sharing the trainer's module has no engine gap: mu is taken from these same
+            #    passes (the sampler's numbers differ by summation order only, logged as engine_gap_*)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
-            gap = {}
-            if cfg.correction_mode == "bypass" and not engine.shares_trainer:
+            bypass = cfg.correction_mode == "bypass" and not engine.shares_trainer
+            if bypass:
                 old_logps = [mb.behav_logp for mb in mbs]
             else:
                 with torch.no_grad():
-                    old_logps = [sequence_logprobs(model, mb, temp)[0] for mb in mbs]
-                gap = engine_gap(mbs, old_logps)  # |log mu - log pi_old|: engine numerics (+ lag)
-                if engine.shares_trainer:
-                    for mb, o in zip(mbs, old_logps):
-                        mb.behav_logp = o
+                    old_logps = [None] + [sequence_logprobs(model, mb, temp)[0] for mb in mbs[1:]]
+            gap = {}
             routing = None if engine.shares_trainer else moe_routing_diff(getattr(engine, "model", None), model, mbs[0])
             if routing is not None:
                 gap["moe_routing_diff_frac"] = routing
@@ -117,6 +116,12 @@ def train(cfg: DictConfig, log=print) -> dict:
                 t_update = time.perf_counter()
                 rows = slice(i * mb_rows, (i + 1) * mb_rows)
                 logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True)
+                if i == 0 and not bypass:
+                    old_logps[0] = logp.detach()
+                    gap.update(engine_gap(mbs, old_logps))  # |log mu - log pi_old|: engine numerics (+ lag)
+                    if engine.shares_trainer:
+                        for m_, o in zip(mbs, old_logps):
+                            m_.behav_logp = o
                 batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
                                     advantages=adv[rows], mask=mb.response_mask)
                 out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len,
