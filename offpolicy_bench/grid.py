@@ -42,10 +42,31 @@ def _split_list(value: str) -> list[str] | None:
     return None
 
 
+PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
+
+
+def preset_overrides(name: str) -> list[str]:
+    """The override list of a named grid preset (offpolicy_bench/presets/<name>.yaml)."""
+    path = os.path.join(PRESETS, f"{name}.yaml")
+    if not os.path.isfile(path):
+        have = sorted(f[:-5] for f in os.listdir(PRESETS) if f.endswith(".yaml"))
+        raise OffbenchError(f"unknown preset {name!r}; presets: {', '.join(have)}")
+    return [str(x) for x in OmegaConf.load(path).overrides]
+
+
 def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[str]]:
-    """(grid options, the override list of every cell, the swept keys in order)."""
+    """(grid options, the override list of every cell, the swept keys in order). `preset=NAME`
+    contributes its overrides first; later overrides of the same key replace them."""
+    expanded = []
+    for item in overrides:
+        key, _, value = item.partition("=")
+        expanded += preset_overrides(value) if key.strip() == "preset" else [item]
+    last = {}
+    for key, value in parse_overrides(expanded):
+        last.pop(key, None)
+        last[key] = value
     options, fixed, swept = {}, [], []
-    for key, value in parse_overrides(overrides):
+    for key, value in last.items():
         if key in GRID_KEYS:
             options[key] = value
         elif key == "plugins":
@@ -107,6 +128,9 @@ def _warm_starts(cfgs) -> None:
 def run_grid(overrides: list[str], log=print) -> str:
     options, cell_overrides, swept = expand(overrides)
     names = [v for k, v in parse_overrides(overrides) if k == "name"]
+    presets = [v for k, v in parse_overrides(overrides) if k == "preset"]
+    if not names and presets:
+        names = [presets[-1]]
     if not names:
         raise OffbenchError("a grid needs name=<grid name> (its folder under log.out_dir)")
     cfgs = []
