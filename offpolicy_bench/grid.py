@@ -29,7 +29,7 @@ from .config import build_config, config_hash, parse_overrides
 from .registry import OffbenchError
 from .results import atomic_write, atomic_write_parquet
 
-GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run"}  # grid options, not run config
+GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project"}  # grid options, not run config
 
 
 def _split_list(value: str) -> list[str] | None:
@@ -154,6 +154,8 @@ def run_grid(overrides: list[str], log=print) -> str:
     if options.get("dry_run", "false").lower() in ("1", "true", "yes"):
         for ov, cfg, rid in cfgs:
             log(f"  {rid}  {' '.join(ov)}")
+        if options.get("project", "true").lower() in ("1", "true", "yes"):
+            project([cfg for _, cfg, _ in todo], jobs, threads, log)
         return grid_dir
     os.makedirs(os.path.join(grid_dir, "cells"), exist_ok=True)
     _write_grid_meta(grid_dir, overrides, swept)
@@ -305,3 +307,63 @@ def collect(grid_dir: str, swept: list[str] | None = None) -> None:
     atomic_write_parquet(pd.concat(metrics, ignore_index=True) if metrics else pd.DataFrame(columns=cols),
                          os.path.join(grid_dir, "metrics.parquet"))
     atomic_write_parquet(pd.DataFrame(summaries), os.path.join(grid_dir, "summary.parquet"))
+
+
+def project(cfgs, jobs: int, threads: int, log=print) -> dict:
+    """Wall-time projection of the cells still to run, from short probes measured now.
+
+    Per kind of cell (model x task x rollout and batch sizes): one warm start (0 if cached, else
+    timed over 20 supervised steps and scaled), the seconds per gradient step (median of a 6-step
+    probe run at the grid's threads per cell, staleness 1) and the seconds per evaluation. A cell
+    costs steps x step time + evaluations; cells run `jobs` at a time. Staleness changes how
+    work is batched, not how much: a gradient step costs about the same at every N.
+    """
+    import tempfile
+
+    import torch
+
+    from .trainer import evaluate, train
+
+    kinds = {}
+    for cfg in cfgs:
+        key = json.dumps([OmegaConf.to_container(cfg[k]) for k in ("model", "task", "warmstart", "rollout")] +
+                         [cfg.train.minibatch_prompts], sort_keys=True)
+        kinds.setdefault(key, []).append(cfg)
+    torch.set_num_threads(threads)
+    total_cells, warm_total, per_kind = 0.0, 0.0, []
+    for key, group in kinds.items():
+        cfg = group[0]
+        with tempfile.TemporaryDirectory() as d:
+            t0 = time.time()
+            _warm_starts([cfg])  # builds (and caches) it if needed: the real cost, paid once
+            warm_s = time.time() - t0
+            probe = build_config([f"model={cfg.model.name}", f"task={cfg.task.name}", "staleness=1", "train.steps=6",
+                                  "log.eval_every=1000", "log.progress=false", f"log.out_dir={d}", "name=probe",
+                                  f"threads={threads}", f"train.minibatch_prompts={cfg.train.minibatch_prompts}",
+                                  f"rollout.group_size={cfg.rollout.group_size}",
+                                  f"rollout.max_new_tokens={cfg.rollout.max_new_tokens}"])
+            for sec in ("model", "task", "warmstart"):
+                probe[sec] = cfg[sec]
+            train(probe, log=lambda m: None)
+            m = pd.read_parquet(os.path.join(d, "probe", "metrics.parquet"))
+            step_s = float(m[m.metric == "time_step_s"].sort_values("step").value.iloc[1:].median())
+        from .models import load_model
+        from .tasks_api import get_task
+
+        task_cls = get_task(cfg.task.name)
+        task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+        model, tok, _ = load_model(cfg, task, log=lambda m: None)
+        t0 = time.time()
+        evaluate(model, tok, task, cfg)
+        eval_s = time.time() - t0
+        cells = sum(c.train.steps * step_s + (c.train.steps // c.log.eval_every + 2) * eval_s for c in group)
+        total_cells += cells
+        warm_total += warm_s
+        per_kind.append({"model": cfg.model.name, "task": cfg.task.name, "cells": len(group), "step_s": step_s,
+                         "eval_s": eval_s, "warmstart_s": warm_s})
+        log(f"  kind model={cfg.model.name} task={cfg.task.name}: {len(group)} cells, {step_s * 1000:.0f} ms per "
+            f"gradient step, {eval_s:.2f} s per eval, warm start {warm_s:.0f} s (0 if cached)")
+    hours = (warm_total + total_cells / max(1, jobs)) / 3600
+    log(f"projection: {hours:.2f} h for {len(cfgs)} cells with {jobs} job(s) x {threads} thread(s) "
+        f"(measured now, on this machine; a shared machine varies)")
+    return {"hours": hours, "kinds": per_kind}

@@ -112,3 +112,21 @@ def test_mean_ci_closed_form():
     assert (m, n) == (pytest.approx(0.6), 3)
     assert ci == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
     assert mean_ci([0.4])[1] != mean_ci([0.4])[1]  # one seed: no interval (NaN)
+
+
+def test_dry_run_lists_cells_and_projects_wall_time(tmp_path):
+    r = offbench("grid", "method=[token_clip,vespo]", "seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=d",
+                 "--dry-run")
+    assert r.returncode == 0, r.stderr
+    assert "4 cells over method, seed" in r.stdout and r.stdout.count("  ") >= 4
+    assert "ms per gradient step" in r.stdout and "projection:" in r.stdout
+    assert not (tmp_path / "d" / "cells").exists()  # nothing ran
+
+
+def test_presets_expand_and_unknown_preset_is_clear():
+    from offpolicy_bench.grid import expand
+
+    _, cells, swept = expand(["preset=paper-cpu", "seed=[0]"])
+    assert swept == ["method", "staleness", "seed"] and len(cells) == 16
+    with pytest.raises(OffbenchError, match="unknown preset 'nope'; presets: paper-cpu"):
+        expand(["preset=nope"])
