@@ -67,3 +67,22 @@ def test_plugin_module_named_in_config_trains(tmp_path):
 
     df = pd.read_parquet(tmp_path / "pl" / "metrics.parquet")
     assert set(df[df.metric == "scale"].value) == {0.25}
+
+
+def test_entry_point_plugin_is_loaded_without_config(tmp_path):
+    pkg = tmp_path / "ep_plugin_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "half.py").write_text(PLUGIN)
+    dist = tmp_path / "ep_plugin_pkg-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin-pkg\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[offpolicy_bench.methods]\nhalf = ep_plugin_pkg.half\n")
+    env_path = os.environ.get("PYTHONPATH", "")
+    os.environ["PYTHONPATH"] = f"{tmp_path}{os.pathsep}{env_path}"
+    try:
+        r = offbench("methods")
+    finally:
+        os.environ["PYTHONPATH"] = env_path
+    assert r.returncode == 0, r.stderr
+    assert "| `half_pg` | - | token | seq-mean-token-mean | scale=0.5 | test plugin |" in r.stdout
