@@ -81,6 +81,18 @@ def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[
     return options, cells, [k for k, _ in swept]
 
 
+WORKER_MEM_GB = 2.0  # budget per grid worker: a default-size run peaks at ~0.65 GB RSS (RESULTS.md)
+
+
+def default_jobs() -> int:
+    """One job per core, one thread each, but never more than the memory holds (no swapping)."""
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (ValueError, OSError):
+        avail = float("inf")
+    return max(1, min(os.cpu_count() or 1, int(avail // WORKER_MEM_GB)))
+
+
 def _cell_dir(grid_dir: str, run_id: str) -> str:
     return os.path.join(grid_dir, "cells", run_id)
 
@@ -145,7 +157,7 @@ def run_grid(overrides: list[str], log=print) -> str:
     if len(set(ids)) != len(ids):
         raise OffbenchError("two cells resolve to the same config (a swept key has repeated values)")
     todo = [(ov, cfg, rid) for ov, cfg, rid in cfgs if _status(_cell_dir(grid_dir, rid)) != "finished"]
-    jobs = int(options.get("jobs", 0)) or max(1, (os.cpu_count() or 1) // 1)
+    jobs = int(options.get("jobs", 0)) or default_jobs()
     jobs = min(jobs, max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
     executor = options.get("executor", "local")
@@ -277,7 +289,7 @@ def collect(grid_dir: str, swept: list[str] | None = None) -> None:
         except (OSError, ValueError):
             continue  # a cell that never started writing: not a row
         row = {"run_id": rid, "status": run.get("status"), "error": run.get("error"),
-               "wall_time_s": run.get("wall_time_s"), "git_commit": run.get("git_commit"),
+               "wall_time_s": run.get("wall_time_s"), "peak_rss_mb": run.get("peak_rss_mb"), "git_commit": run.get("git_commit"),
                "task_version": run.get("task_version"), "agg": run.get("agg"),
                "versions": json.dumps(run.get("versions", {}), sort_keys=True)}
         cfg_path = os.path.join(d, "config.yaml")

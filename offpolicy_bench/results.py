@@ -115,7 +115,10 @@ class RunWriter:
         self._write_run()
 
     def _write_run(self) -> None:
+        import resource
+
         self.run["wall_time_s"] = round(time.time() - self.t0, 2)
+        self.run["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
         atomic_write(os.path.join(self.dir, "run.json"), (json.dumps(self.run, indent=1) + "\n").encode())
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
