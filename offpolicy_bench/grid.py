@@ -200,8 +200,15 @@ def _progress(log, done, total, failed, pending, slots, t0):
 def _run_local(cell_args, jobs, threads, grid_dir, swept, log) -> dict:
     import multiprocessing as mp
 
+    import signal
+
+    def on_term(signum, frame):  # `kill <grid>` stops its workers too, like Ctrl-C does
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
     results, t0 = {}, time.time()
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn")) as pool:
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=mp.get_context("spawn"))
+    try:
         futures = {pool.submit(run_cell, ov, threads): rid for ov, rid in cell_args}
         pending = set(futures)
         while pending:
@@ -217,6 +224,14 @@ def _run_local(cell_args, jobs, threads, grid_dir, swept, log) -> dict:
             collect(grid_dir, swept)
             _progress(log, len(results), len(cell_args), sum(r["status"] == "failed" for r in results.values()),
                       len(pending), jobs, t0)
+    except BaseException:
+        for proc in list(getattr(pool, "_processes", {}).values()):  # no orphaned workers
+            proc.terminate()
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    pool.shutdown()
     return results
 
 

@@ -130,3 +130,25 @@ def test_presets_expand_and_unknown_preset_is_clear():
     assert swept == ["method", "staleness", "seed"] and len(cells) == 16
     with pytest.raises(OffbenchError, match="unknown preset 'nope'; presets: paper-cpu"):
         expand(["preset=nope"])
+
+
+def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
+    exe = os.path.join(os.path.dirname(sys.executable), "offbench")
+    args = [a for a in GRID_TINY if not a.startswith("train.steps")] + ["train.steps=400"]
+    p = subprocess.Popen([exe, "grid", "seed=[0,1]", *args, f"log.out_dir={tmp_path}", "name=t", "jobs=2"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    workers = []
+    while time.time() < deadline:
+        running = [s for s in statuses(tmp_path / "t").values() if s == "running"]
+        kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+        workers = [k for k in kids if "spawn_main" in open(f"/proc/{k}/cmdline").read().replace("\0", " ")]
+        if running and workers:
+            break
+        time.sleep(0.2)
+    assert workers, "no worker started"
+    p.send_signal(signal.SIGTERM)  # the grid process alone, not its group
+    p.wait(timeout=60)
+    time.sleep(1.0)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
+    assert not alive, f"orphaned workers {alive}"
