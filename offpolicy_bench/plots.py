@@ -69,7 +69,8 @@ SMOOTH_MAX = 10  # the moving-average window grows with the run length up to thi
 
 CORE_COLUMNS = {"method", "staleness", "seed", "task", "model"}
 # runs.parquet bookkeeping columns: never a variant
-META_COLUMNS = {"run_id", "status", "error", "wall_time_s", "git_commit", "task_version", "agg", "versions"}
+META_COLUMNS = {"run_id", "status", "error", "wall_time_s", "git_commit", "task_version", "agg", "versions",
+                "peak_rss_mb"}
 # always present in runs.parquet; a variant only when they actually vary in the grid
 KNOB_COLUMNS = {"lag": "lag", "correction": "correction", "rollout_dtype": "rollout.dtype"}
 

@@ -161,3 +161,16 @@ def test_runs_with_missing_eval_points_are_drawn_not_dropped(tiny_grid, tmp_path
         assert list(lines["vespo"].get_xdata()) == [0] and lines["vespo"].get_marker() not in (None, "None", "")
     assert "1 of 8 runs not finished (1 failed)" in fig.get_supxlabel()
     assert "1 of 8 runs have no summary row" in plots.accuracy_vs_n(str(g)).get_supxlabel()
+
+
+def test_bookkeeping_columns_of_runs_table_are_never_variants():
+    import pandas as pd
+
+    from offpolicy_bench.grid import collect  # noqa: F401  (the writer of runs.parquet)
+    from offpolicy_bench.plots import META_COLUMNS, variant_columns
+
+    runs = pd.DataFrame({"run_id": ["a", "b"], "method": ["vespo"] * 2, "staleness": [1, 1], "seed": [0, 1],
+                         "task": ["math"] * 2, "model": ["dense"] * 2, "peak_rss_mb": [500.1, 512.3],
+                         "wall_time_s": [10.0, 11.0], "status": ["finished"] * 2})
+    assert variant_columns(runs) == []
+    assert {"peak_rss_mb", "wall_time_s", "git_commit", "versions", "error"} <= META_COLUMNS
