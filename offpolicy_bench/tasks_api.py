@@ -38,6 +38,7 @@ class Task:
     kind: ClassVar[str]  # "math" | "code"
     args: ClassVar[type]
     source: ClassVar[str] = "built-in"
+    grader: ClassVar[str] = "exact"  # how completions are graded: exact | math-verify | sandbox
 
     def __init__(self, args: Any):
         self.cfg = args
@@ -57,6 +58,11 @@ class Task:
 
     def grade(self, example: Example, completion: str) -> Grade:
         raise NotImplementedError
+
+    def grade_batch(self, examples: list[Example], completions: list[str]) -> list[Grade]:
+        """Grade many completions at once (same results as `grade` one by one). Tasks whose grader
+        has a start-up cost (a sandbox, worker processes) override it to run them in parallel."""
+        return [self.grade(e, c) for e, c in zip(examples, completions)]
 
 
 TASKS: Registry[type] = Registry("task")
