@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import sys
 
 from .registry import OffbenchError
@@ -42,6 +43,24 @@ def _grid(args) -> int:
     return 0
 
 
+def _grade(args) -> int:
+    from .config import parse_overrides
+    from .grading import grade_file
+
+    opts = dict(parse_overrides([a for a in args.overrides if not a.startswith("task.")]))
+    unknown = set(opts) - {"task", "completions", "out", "k"}
+    if unknown or "task" not in opts or "completions" not in opts:
+        from .registry import OffbenchError
+
+        raise OffbenchError("usage: offbench grade task=NAME completions=FILE.jsonl [out=FILE] [k=1,10] [task.<arg>=...]"
+                            + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
+    ks = [int(x) for x in opts.get("k", "1").strip("[]").split(",") if x.strip()]
+    result = grade_file(opts["task"], [a for a in args.overrides if a.startswith("task.")], opts["completions"],
+                        opts.get("out"), ks)
+    print(json.dumps(result))
+    return 0
+
+
 def _report(args) -> int:
     from .report import table
 
@@ -76,10 +95,13 @@ def method_table(methods) -> str:
 
 
 def task_table(tasks) -> str:
-    rows = ["| task | kind | version | source | arguments |", "|---|---|---|---|---|"]
+    rows = ["| task | kind | version | grader | source | arguments |", "|---|---|---|---|---|---|"]
     for name, cls in tasks.items():
-        defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(cls.args)) or "-"
-        rows.append(f"| `{name}` | {cls.kind} | {cls.version} | {cls.source} | {defaults} |")
+        defaults = ", ".join(f"{f.name}={json.dumps(f.default) if isinstance(f.default, str) else f.default}"
+                             for f in dataclasses.fields(cls.args)) or "-"
+        defaults = defaults.replace("|", "\\|")
+        rows.append(f"| `{name}` | {cls.kind} | {cls.version} | {getattr(cls, 'grader', '-')} | {cls.source} | "
+                    f"{defaults} |")
     return "\n".join(rows)
 
 
@@ -128,6 +150,11 @@ def main(argv: list[str] | None = None) -> int:
     p_grid.add_argument("overrides", nargs="*", help="key=value or key=[v1,v2,...]")
     p_grid.add_argument("--dry-run", action="store_true", help="list the cells and exit")
     p_grid.set_defaults(fn=_grid)
+    p_grade = sub.add_parser("grade", help="grade a completions file: per-sample results (jsonl) and pass@k",
+                             description="offbench grade task=NAME completions=FILE.jsonl [out=FILE] [k=1,10] "
+                                         "[task.<arg>=...]; see offpolicy_bench/grading.py for the file format")
+    p_grade.add_argument("overrides", nargs="*")
+    p_grade.set_defaults(fn=_grade)
     p_rep = sub.add_parser("report", help="Table-2-shaped summary of a grid (methods x staleness, mean and 95% CI)")
     p_rep.add_argument("grid_dir")
     p_rep.add_argument("--format", default="md", choices=["md", "csv", "latex"])

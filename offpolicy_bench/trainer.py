@@ -33,7 +33,7 @@ def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
     """Held-out greedy accuracy (strict and flexible) and mean response length."""
     exs = task.eval_examples()
     ro = sample(model, tok, [e.prompt for e in exs], 1, 1.0, cfg.rollout.max_new_tokens, greedy=True)
-    grades = [task.grade(e, t) for e, t in zip(exs, ro.texts)]
+    grades = task.grade_batch(exs, ro.texts)
     return {"accuracy": sum(g.correct for g in grades) / len(grades),
             "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
             "response_len": ro.response_mask.sum(-1).mean().item()}
@@ -90,7 +90,7 @@ def train(cfg: DictConfig, log=print) -> dict:
             exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
             ro = engine.sample(tok, [e.prompt for e in exs], g, temp, cfg.rollout.max_new_tokens, generator=gen)
             # 2. grade, GRPO group advantages (rows are grouped G per prompt)
-            grades = [task.grade(exs[i // g], text) for i, text in enumerate(ro.texts)]
+            grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
             rewards = torch.tensor([gr.reward for gr in grades])
             adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
             # 3. split into N mini-batches. pi_old = the trainer's policy before any update: mini-batch 0

@@ -143,3 +143,22 @@ def test_methods_and_tasks_commands():
     assert r.returncode == 0 and "| `math` | math |" in r.stdout
     r = offbench("run", "--help")
     assert r.returncode == 0 and "staleness=4" in r.stdout and "method.c1_pos=2.0" in r.stdout
+
+
+def test_grade_command_writes_per_sample_results_and_pass_at_k(tmp_path):
+    from offpolicy_bench.tasks_api import get_task
+
+    task = get_task("math")(get_task("math").args())
+    exs = task.eval_examples()[:2]
+    rows = [{"index": 0, "completion": exs[0].answer}, {"index": 0, "completion": "nope"},
+            {"index": 1, "completion": "-1"}, {"index": 1, "completion": "-2"}]
+    (tmp_path / "c.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    r = offbench("grade", "task=math", f"completions={tmp_path / 'c.jsonl'}", f"out={tmp_path / 'o.jsonl'}", "k=1,2")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    per = [json.loads(x) for x in open(tmp_path / "o.jsonl")]
+    assert [p["correct"] for p in per][:2] == [True, False]
+    expect2 = (1.0 + float(exs[1].answer in ("-1", "-2"))) / 2
+    assert res["pass@2"] == pytest.approx(expect2)
+    r = offbench("grade", "task=math")
+    assert r.returncode == 2 and "usage: offbench grade" in r.stderr

@@ -37,7 +37,7 @@ def test_batch_prompts_derives_minibatch():
 
 @pytest.mark.parametrize("overrides, pattern", [
     (["method=vespoo"], r"unknown method 'vespoo'\. Did you mean 'vespo'[ ?].*Registered: .*on_policy.*token_clip"),
-    (["task=maths"], r"unknown task 'maths'\. Did you mean 'math'\?.*Registered: math"),
+    (["task=maths"], r"unknown task 'maths'\. Did you mean 'math'[ ?].*Registered: .*\bmath\b"),
     (["optim.lrr=1e-4"], r"unknown config key 'optim.lrr'\. Did you mean optim.lr\? "),
     (["lr=1e-4"], r"unknown config key 'lr'\. Did you mean (warmstart.lr or optim.lr|optim.lr or warmstart.lr)\?"),
     (["method.c3=1"], r"unknown config key 'method.c3'.*offbench methods"),

@@ -32,7 +32,9 @@ def test_wheel_contains_mapped_packages_only(tmp_path):
     (wheel,) = [f for f in os.listdir(tmp_path) if f.endswith(".whl")]
     names = zipfile.ZipFile(tmp_path / wheel).namelist()
     for must in ("offpolicy_bench/methods/vespo.py", "offpolicy_bench/methods/token_clip.py",
-                 "offpolicy_bench/tasks/math/synthetic.py", "offpolicy_bench/trainer.py"):
+                 "offpolicy_bench/tasks/math/synthetic.py", "offpolicy_bench/tasks/code/synthetic.py",
+                 "offpolicy_bench/metrics/pass_at_k/pass_at_k.py", "offpolicy_bench/presets/paper-cpu.yaml",
+                 "offpolicy_bench/trainer.py"):
         assert must in names, must
     assert not [n for n in names if n.split("/")[0] in ("methods", "tasks", "tests")]
     site = tmp_path / "site"
