@@ -65,6 +65,35 @@ class Task:
         return [self.grade(e, c) for e, c in zip(examples, completions)]
 
 
+class GeneratedTask(Task):
+    """A task whose problems come from a seeded generator (`problem(rng) -> Example`): a fixed
+    held-out split of `eval_size` distinct problems drawn with `eval_seed`, and training draws
+    that never repeat a held-out prompt. Subclasses call `_init_split()` in `__init__`."""
+
+    def problem(self, rng: random.Random) -> Example:
+        raise NotImplementedError
+
+    def _init_split(self) -> None:
+        self._eval = self._draw(self.cfg.eval_size, random.Random(self.cfg.eval_seed), exclude=set(), unique=True)
+        self._eval_prompts = {e.prompt for e in self._eval}
+
+    def _draw(self, n: int, rng: random.Random, exclude: set[str], unique: bool = False) -> list[Example]:
+        out, seen = [], set()
+        while len(out) < n:
+            ex = self.problem(rng)
+            if ex.prompt in exclude or (unique and ex.prompt in seen):
+                continue
+            seen.add(ex.prompt)
+            out.append(ex)
+        return out
+
+    def train_examples(self, n, rng):
+        return self._draw(n, rng, exclude=self._eval_prompts)
+
+    def eval_examples(self):
+        return list(self._eval)
+
+
 TASKS: Registry[type] = Registry("task")
 
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from offpolicy_bench.registry import OffbenchError
 from offpolicy_bench.sandbox import Job, Limits, encode
-from offpolicy_bench.tasks_api import Example, Grade, Task, register_task
+from offpolicy_bench.tasks_api import Example, GeneratedTask, Grade, register_task
 
 from . import GradeCache, run_jobs
 
@@ -55,7 +55,7 @@ class CodeArgs:
 
 
 @register_task
-class SyntheticCode(Task):
+class SyntheticCode(GeneratedTask):
     """Complete `def f(x):\\n    return ` with an expression; hidden unit tests run in the sandbox."""
 
     name = "code"
@@ -76,8 +76,7 @@ class SyntheticCode(Task):
         if args.eval_size > space // 4:
             raise OffbenchError(f"task.eval_size={args.eval_size} is too large for level {args.level} "
                                 f"({space} distinct problems); use at most {space // 4}")
-        self._eval = self._draw(args.eval_size, random.Random(args.eval_seed), exclude=set(), unique=True)
-        self._eval_prompts = {e.prompt for e in self._eval}
+        self._init_split()
         self._cache = GradeCache()
         self._limits = Limits(timeout_s=args.timeout_s, memory_mb=args.memory_mb)
 
@@ -117,21 +116,8 @@ class SyntheticCode(Task):
         prompt = f"# {desc}\ndef {fn}({params}):\n    return "
         return Example(prompt=prompt, answer=ref, solution=ref, meta={"params": params, "fn": fn}), habit
 
-    def _draw(self, n, rng, exclude, unique=False):
-        out, seen = [], set()
-        while len(out) < n:
-            ex, _ = self._problem(rng)
-            if ex.prompt in exclude or (unique and ex.prompt in seen):
-                continue
-            seen.add(ex.prompt)
-            out.append(ex)
-        return out
-
-    def train_examples(self, n, rng):
-        return self._draw(n, rng, exclude=self._eval_prompts)
-
-    def eval_examples(self):
-        return list(self._eval)
+    def problem(self, rng: random.Random) -> Example:
+        return self._problem(rng)[0]
 
     def warmstart_examples(self, n, rng):
         out = []

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 
 from offpolicy_bench.registry import OffbenchError
-from offpolicy_bench.tasks_api import Example, Grade, Task, register_task
+from offpolicy_bench.tasks_api import Example, Grade, GeneratedTask, register_task
 
 # level -> (number of operands, operand ranges, operators)
 LEVELS = {
@@ -35,7 +35,7 @@ class ArithmeticArgs:
 
 
 @register_task
-class Arithmetic(Task):
+class Arithmetic(GeneratedTask):
     """Prompt `37+45=`, reference completion `82`; reward 1 iff the completion is exactly the answer."""
 
     name = "math"
@@ -56,10 +56,9 @@ class Arithmetic(Task):
         if args.eval_size > space // 4:
             raise OffbenchError(f"task.eval_size={args.eval_size} is too large for level {args.level} "
                                 f"({space} distinct problems); use at most {space // 4}")
-        self._eval = self._draw(args.eval_size, random.Random(args.eval_seed), exclude=set(), unique=True)
-        self._eval_prompts = {e.prompt for e in self._eval}
+        self._init_split()
 
-    def _problem(self, rng: random.Random) -> Example:
+    def problem(self, rng: random.Random) -> Example:
         n_ops, (lo, hi), ops = LEVELS[self.cfg.level]
         terms = [str(rng.randint(lo, hi))]
         for _ in range(n_ops - 1):
@@ -67,22 +66,6 @@ class Arithmetic(Task):
         expr = "".join(terms)
         answer = str(eval(expr, {"__builtins__": {}}))  # digits and + - * only, built above
         return Example(prompt=f"{expr}=", answer=answer, solution=answer)
-
-    def _draw(self, n: int, rng: random.Random, exclude: set[str], unique: bool = False) -> list[Example]:
-        out, seen = [], set()
-        while len(out) < n:
-            ex = self._problem(rng)
-            if ex.prompt in exclude or (unique and ex.prompt in seen):
-                continue
-            seen.add(ex.prompt)
-            out.append(ex)
-        return out
-
-    def train_examples(self, n, rng):
-        return self._draw(n, rng, exclude=self._eval_prompts)
-
-    def eval_examples(self):
-        return list(self._eval)
 
     def warmstart_examples(self, n, rng):
         out = []
