@@ -638,6 +638,12 @@ def _verdict(x, st, wall):
         res["exit"] = os.WEXITSTATUS(st)
     data = b"".join(x["buf"]).decode("utf-8", "replace")
     lines = data.split("\n")
+    import signal
+
+    if not x["killed"] and os.WIFSIGNALED(st) and os.WTERMSIG(st) == signal.SIGXCPU:
+        # the CPU-time limit (equal to the wall timeout by default) can fire a poll tick before the
+        # wall deadline is noticed: the same outcome, so the same status, whichever limit won
+        x["killed"] = "timeout"
     if x["killed"]:
         res["status"] = x["killed"]
     elif len(lines) < 3 or lines[0] != x["nonce"]:

@@ -248,3 +248,11 @@ def test_zygote_killed_hard_leaves_no_orphans():
     assert pool.run([Job(GOOD, tests=TESTS, entry_point="add")])[0].passed  # restarted, orphan reaped
     pool.close()
     assert sandbox_processes() == []
+
+
+def test_cpu_limit_kill_is_a_timeout_too():
+    # the CPU-time limit and the wall timeout are two routes to the same outcome: whichever fires
+    # first, a spinning program is reported as "timeout" (a race between them made CI flaky)
+    with SandboxPool(workers=1, limits=Limits(timeout_s=8.0, cpu_s=1.0, memory_mb=256, fsize_mb=1)) as pool:
+        (res,) = pool.run([Job("def add(a, b):\n    while True:\n        pass\n", tests=TESTS, entry_point="add")])
+    assert not res.passed and res.status == "timeout" and res.wall_s < 6.0, res
