@@ -75,6 +75,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     writer.flush()
     bar = _progress(cfg, total)
     step, status, t_start, last = 0, "finished", time.time(), {}
+    stop = _GracefulStop()  # Ctrl-C: stop after the current step (a second Ctrl-C: at once)
 
     # ------------------------------------------------------------------ train
     try:
@@ -158,6 +159,7 @@ def train(cfg: DictConfig, log=print) -> dict:
                 bar.update(1)
                 bar.set_postfix(reward=f"{last['reward']:.2f}", eval_acc=f"{last_eval:.3f}",
                                 kl=f"{last['kl_mu_pi']:.1e}", logW=f"{last['abs_log_w_mean']:.2f}")
+                stop.check()  # a safe point: this step is applied and logged
     except KeyboardInterrupt:
         status = "interrupted"
         raise
@@ -167,6 +169,7 @@ def train(cfg: DictConfig, log=print) -> dict:
         raise
     # ------------------------------------------------------------------ cleanup
     finally:
+        stop.restore()
         bar.close()
         summary = {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name, "model": cfg.model.name,
                    "staleness": n, "lag": cfg.lag, "seed": cfg.seed, "steps_done": step, "eval_accuracy_start": first_eval,
@@ -177,6 +180,39 @@ def train(cfg: DictConfig, log=print) -> dict:
         log(f"{status}: eval accuracy {first_eval:.3f} -> {last_eval:.3f} (best {best_eval:.3f}) "
             f"after {step} gradient steps; results in {writer.dir}")
     return {**summary, "status": status, "dir": writer.dir}
+
+
+class _GracefulStop:
+    """The first SIGINT only asks the loop to stop at the next step boundary, so an interrupt never
+    lands inside a file write or between an optimizer step and its metrics; a second one raises
+    KeyboardInterrupt at once. Only installed in the main thread."""
+
+    def __init__(self):
+        import signal
+        import threading
+
+        self.requested, self.previous = False, None
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handler)
+
+    def _handler(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        import sys
+
+        print("\ninterrupt: stopping after this step (Ctrl-C again to stop now)", file=sys.stderr, flush=True)
+
+    def check(self) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+
+    def restore(self) -> None:
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
 
 
 def _progress(cfg: DictConfig, total: int):
