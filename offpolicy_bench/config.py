@@ -155,12 +155,9 @@ class _MethodCommon:
 
 
 @dataclass
-class _TaskCommon:
-    name: str = ""
+class _NameCommon:
+    """The common part of a task or correction node: just the registry name."""
 
-
-@dataclass
-class _CorrectionCommon:
     name: str = ""
 
 
@@ -227,8 +224,8 @@ def build_config(overrides: list[str] | None = None) -> DictConfig:
     from .method import METHODS
     from .tasks_api import TASKS
 
-    specs = {"method": (METHODS, _MethodCommon), "task": (TASKS, _TaskCommon),
-             "correction": (CORRECTIONS, _CorrectionCommon)}
+    specs = {"method": (METHODS, _MethodCommon), "task": (TASKS, _NameCommon),
+             "correction": (CORRECTIONS, _NameCommon)}
     pairs = parse_overrides(overrides or [])
     cfg = OmegaConf.structured(RunConfig)
     # plugins first: they may register the method or task the other overrides name
