@@ -28,25 +28,40 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
+    ap.add_argument("--task", default="math", help="math (short prompts) or code (41-character prompts)")
     a = ap.parse_args()
-    cfg, model, tok, task = default_model()
+    cfg, model, tok, task = default_model([f"task={a.task}"])
     d = tempfile.mkdtemp()
     model.save_pretrained(f"{d}/model")
     tok.save_pretrained(f"{d}/model")
 
-    # ---- ours: the real trainer loop, staleness 1, per-step wall times it logs itself
+    # ---- ours: the real trainer loop, staleness 1, per-step wall times it logs itself; once as shipped
+    #      (each distinct prompt computed once in the log-prob passes) and once with plain padded
+    #      forwards (share_prefix=False), to show what that saving is worth side by side
+    import functools
+
     import pandas as pd
 
+    from offpolicy_bench import trainer as trainer_mod
     from offpolicy_bench.config import build_config
-    from offpolicy_bench.trainer import train
+    from offpolicy_bench.rollout import sequence_logprobs
 
-    ours_cfg = build_config(["method=token_clip", "method.eps_high=0.2", "method.dual_clip_c=null", "staleness=1",
-                             f"train.steps={a.steps}", f"train.minibatch_prompts={a.prompts}",
-                             f"rollout.group_size={a.group}", f"log.eval_every={10 * a.steps}", "log.progress=false",
-                             f"log.out_dir={d}", "name=ours", "optim.grad_clip=1.0"])
-    train(ours_cfg, log=lambda m: None)
-    m = pd.read_parquet(f"{d}/ours/metrics.parquet")
-    ours_steps = m[(m.split == "train") & (m.metric == "time_step_s")].sort_values("step").value.tolist()[1:]
+    def ours(name, share_prefix):
+        trainer_mod.sequence_logprobs = functools.partial(sequence_logprobs, share_prefix=share_prefix)
+        try:
+            cfg_ = build_config(["method=token_clip", "method.eps_high=0.2", "method.dual_clip_c=null", "staleness=1",
+                                 f"train.steps={a.steps}", f"train.minibatch_prompts={a.prompts}",
+                                 f"rollout.group_size={a.group}", f"log.eval_every={10 * a.steps}",
+                                 "log.progress=false", f"log.out_dir={d}", f"name={name}", "optim.grad_clip=1.0",
+                                 f"task={a.task}"])
+            trainer_mod.train(cfg_, log=lambda m: None)
+        finally:
+            trainer_mod.sequence_logprobs = sequence_logprobs
+        m = pd.read_parquet(f"{d}/{name}/metrics.parquet")
+        return m[(m.split == "train") & (m.metric == "time_step_s")].sort_values("step").value.tolist()[1:]
+
+    plain_steps = ours("plain", False)
+    ours_steps = ours("ours", True)
 
     # ---- TRL GRPOTrainer on the same model and prompts
     import random
@@ -58,8 +73,10 @@ def main() -> int:
     exs = task.train_examples(a.prompts * (a.steps + 2), random.Random(0))
     ds = Dataset.from_list([{"prompt": e.prompt, "answer": e.answer} for e in exs])
 
-    def reward(completions, answer, **kw):
-        return [float(c.strip() == ans) for c, ans in zip(completions, answer)]
+    by_prompt = {e.prompt: e for e in exs}
+
+    def reward(prompts, completions, **kw):  # our task's own grader (the sandbox for code), as in our step
+        return [g.reward for g in task.grade_batch([by_prompt[p] for p in prompts], completions)]
 
     times = []
 
@@ -85,11 +102,14 @@ def main() -> int:
     trl_steps = times[1:]
     seqs = a.prompts * a.group
     t_ours, t_trl = statistics.median(ours_steps), statistics.median(trl_steps)
+    t_plain = statistics.median(plain_steps)
     import trl
 
     emit({"bench": "rl_step_vs_trl", "trl": trl.__version__, "sequences_per_step": seqs, "steps_timed": len(trl_steps),
           "ours_s_per_step": t_ours, "trl_s_per_step": t_trl, "ours_seq_per_s": seqs / t_ours,
-          "trl_seq_per_s": seqs / t_trl, "speedup": t_trl / t_ours, "target": 2.0})
+          "trl_seq_per_s": seqs / t_trl, "speedup": t_trl / t_ours, "target": 2.0,
+          "ours_plain_forward_s_per_step": t_plain, "speedup_plain_forward": t_trl / t_plain,
+          "task": a.task, "max_new_tokens": cfg.rollout.max_new_tokens})
     return 0
 
 

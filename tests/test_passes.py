@@ -16,20 +16,32 @@ from offpolicy_bench import trainer as trainer_mod
 
 
 def count_passes(monkeypatch, overrides):
-    calls = []
-    real_load = trainer_mod.load_model
+    """Trainer log-prob passes (one per sequence_logprobs call, whatever number of model calls it
+    makes inside: the shared-prompt path runs the prompts once, then the responses) and sampling
+    model calls (everything else the model runs)."""
+    calls, inside = [], []
+    real_load, real_logprobs = trainer_mod.load_model, trainer_mod.sequence_logprobs
+
+    def logprobs(*args, **kwargs):
+        calls.append("train" if torch.is_grad_enabled() else "no_grad")
+        inside.append(True)
+        try:
+            return real_logprobs(*args, **kwargs)
+        finally:
+            inside.pop()
 
     def load_and_hook(cfg, task, log=print):
         model, tok, info = real_load(cfg, task, log)
 
         def hook(mod, args, kwargs):
-            kind = "sample" if kwargs.get("use_cache") else ("train" if torch.is_grad_enabled() else "no_grad")
-            calls.append(kind)
+            if not inside:
+                calls.append("sample")
 
         model.register_forward_pre_hook(hook, with_kwargs=True)
         return model, tok, info
 
     monkeypatch.setattr(trainer_mod, "load_model", load_and_hook)
+    monkeypatch.setattr(trainer_mod, "sequence_logprobs", logprobs)
     cfg = build_config([*TINY, "log.eval_every=1000", *overrides])
     trainer_mod.train(cfg, log=lambda m: None)
     return calls, cfg

@@ -65,3 +65,40 @@ def test_minibatch_slices_keep_logprobs():
             r = part.shape[1]
             assert torch.allclose(part, full[4 * k: 4 * k + 4, :r], atol=1e-5)
             assert (full[4 * k: 4 * k + 4, r:] == 0).all()
+
+
+def test_shared_prefix_logprobs_equal_full_forward_in_value_and_gradient():
+    """Computing each distinct prompt once (with grad) must not change a number: log-probs,
+    entropies and every parameter's gradient equal the plain padded forward's."""
+    from offpolicy_bench.rollout import hf
+
+    for name in ("dense", "moe"):
+        model, tok = tiny_model(name)
+        model.train()
+        prompts = ["3+4=", "91-17=", "5=", "2*3="]  # ragged lengths: left padding inside the shared prefix
+        ro = sample(model, tok, prompts, 4, 1.0, 10, generator=torch.Generator().manual_seed(3))
+        assert hf._logits_shared_prefix(model, ro) is not None  # the shared path really runs
+        results = []
+        for share in (True, False):
+            model.zero_grad()
+            logp, ent = sequence_logprobs(model, ro, 0.8, with_entropy=True, share_prefix=share)
+            weights = torch.linspace(-1, 1, logp.numel()).view_as(logp)  # a loss touching every token differently
+            (logp * weights).sum().backward()
+            results.append((logp.detach(), ent, {n: p.grad.clone() for n, p in model.named_parameters()
+                                                   if p.grad is not None}))
+        (lp_s, ent_s, g_s), (lp_f, ent_f, g_f) = results
+        assert torch.allclose(lp_s, lp_f, atol=1e-5), (lp_s - lp_f).abs().max()
+        assert torch.allclose(ent_s, ent_f, atol=1e-5)
+        assert g_s.keys() == g_f.keys() and len(g_s) > 0
+        for n in g_f:
+            assert torch.allclose(g_s[n], g_f[n], atol=1e-5, rtol=1e-4), (name, n, (g_s[n] - g_f[n]).abs().max())
+
+
+def test_shared_prefix_falls_back_when_nothing_is_shared():
+    from offpolicy_bench.rollout import hf
+
+    model, tok = tiny_model()
+    ro = sample(model, tok, ["3+4=", "91-17="], 1, 1.0, 6, generator=torch.Generator().manual_seed(4))
+    assert hf._logits_shared_prefix(model, ro) is None  # distinct prompts: the plain forward is used
+    with torch.no_grad():
+        assert torch.allclose(sequence_logprobs(model, ro, 1.0)[0], ro.behav_logp, atol=1e-4)

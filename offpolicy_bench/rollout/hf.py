@@ -69,14 +69,51 @@ def _positions(attn: Tensor) -> Tensor:
     return (attn.cumsum(-1) - 1).clamp_min(0)
 
 
-def sequence_logprobs(model, ro: Rollout, temperature: float, with_entropy: bool = False):
-    """log pi(y_t | x, y_<t) of the sampled tokens [B, R] (fp32, temperature-scaled), and the
-    entropy of each next-token distribution if asked. Gradient flows unless under no_grad."""
-    out = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask, position_ids=_positions(ro.attention_mask),
-                use_cache=False)
+def _logits_shared_prefix(model, ro: Rollout):
+    """Logits predicting the response tokens, [B, R, V], computing each distinct prompt once.
+
+    The G samples of a prompt share its tokens, so the prompt's hidden states and keys/values are
+    computed once per distinct prompt (with grad) and indexed out to its rows; only the last
+    prompt token and the response run per row. Autograd sums each row's gradient into the shared
+    prefix, so values and gradients equal those of the full padded forward up to float summation
+    order (tests/test_rollout.py checks both). Returns None where it cannot help or apply.
+    """
     p = ro.prompt_len
-    logits = out.logits[:, p - 1: -1].float() / temperature
-    logprobs = torch.log_softmax(logits, -1)
+    b = ro.input_ids.shape[0]
+    if p < 2 or b < 2:
+        return None
+    prompt = torch.cat([ro.input_ids[:, :p], ro.attention_mask[:, :p].to(ro.input_ids.dtype)], 1)
+    uniq, inverse = torch.unique_consecutive(prompt, dim=0, return_inverse=True)
+    if uniq.shape[0] == b:
+        return None
+    first = torch.zeros(uniq.shape[0], dtype=torch.long, device=inverse.device)
+    first.scatter_reduce_(0, inverse, torch.arange(b, device=inverse.device), "amin", include_self=False)
+    pre_ids, pre_attn = ro.input_ids[first, : p - 1], ro.attention_mask[first, : p - 1]
+    cache_kw = _cache_kw(model)
+    out = model(input_ids=pre_ids, attention_mask=pre_attn, position_ids=_positions(pre_attn), use_cache=True,
+                logits_to_keep=1)
+    cache = getattr(out, cache_kw)
+    if not hasattr(cache, "batch_select_indices"):
+        return None
+    cache.batch_select_indices(inverse)  # repeated indices: each row gets its prompt's keys/values
+    attn = ro.attention_mask[:, :-1]
+    out = model(input_ids=ro.input_ids[:, p - 1: -1], attention_mask=attn, position_ids=_positions(attn)[:, p - 1:],
+                use_cache=True, **{cache_kw: cache})
+    return out.logits
+
+
+def sequence_logprobs(model, ro: Rollout, temperature: float, with_entropy: bool = False,
+                      share_prefix: bool = True):
+    """log pi(y_t | x, y_<t) of the sampled tokens [B, R] (fp32, temperature-scaled), and the
+    entropy of each next-token distribution if asked. Gradient flows unless under no_grad.
+    `share_prefix` computes each distinct prompt once (same numbers, fewer FLOPs)."""
+    p = ro.prompt_len
+    logits = _logits_shared_prefix(model, ro) if share_prefix else None
+    if logits is None:
+        out = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                    position_ids=_positions(ro.attention_mask), use_cache=False)
+        logits = out.logits[:, p - 1: -1]
+    logprobs = torch.log_softmax(logits.float() / temperature, -1)
     tokens = ro.input_ids[:, p:]
     logp = logprobs.gather(-1, tokens[..., None]).squeeze(-1) * ro.response_mask
     if not with_entropy:
