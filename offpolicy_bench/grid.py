@@ -45,26 +45,51 @@ def _split_list(value: str) -> list[str] | None:
 PRESETS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "presets")
 
 
-def preset_overrides(name: str) -> list[str]:
-    """The override list of a named grid preset (offpolicy_bench/presets/<name>.yaml)."""
+def _preset(name: str):
     path = os.path.join(PRESETS, f"{name}.yaml")
     if not os.path.isfile(path):
         have = sorted(f[:-5] for f in os.listdir(PRESETS) if f.endswith(".yaml"))
         raise OffbenchError(f"unknown preset {name!r}; presets: {', '.join(have)}")
-    return [str(x) for x in OmegaConf.load(path).overrides]
+    return OmegaConf.load(path)
+
+
+def preset_overrides(name: str) -> list[str]:
+    """The override list of a named grid preset (offpolicy_bench/presets/<name>.yaml)."""
+    return [str(x) for x in _preset(name).overrides]
+
+
+def preset_variants(name: str) -> list[list[str]]:
+    """A preset's `variants`: override sets that are not a product (e.g. ablation arms that each
+    change several keys). The grid is the product of the swept lists times this union."""
+    return [[str(x) for x in v] for v in _preset(name).get("variants", None) or []]
 
 
 def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[str]]:
     """(grid options, the override list of every cell, the swept keys in order). `preset=NAME`
-    contributes its overrides first; later overrides of the same key replace them."""
-    expanded = []
+    contributes its overrides first; later overrides of the same key replace them. A preset's
+    `variants` multiply the product: each cell runs once per variant, the variant's keys last."""
+    expanded, variants = [], []
     for item in overrides:
         key, _, value = item.partition("=")
-        expanded += preset_overrides(value) if key.strip() == "preset" else [item]
+        if key.strip() == "preset":
+            expanded += preset_overrides(value)
+            variants = preset_variants(value) or variants
+        else:
+            expanded.append(item)
     last = {}
     for key, value in parse_overrides(expanded):
         last.pop(key, None)
         last[key] = value
+    variant_keys = []
+    for v in variants:
+        for key, _ in parse_overrides(v):
+            if key in GRID_KEYS or key == "plugins":
+                raise OffbenchError(f"preset variants may set run keys only, not {key}=")
+            if key not in variant_keys:
+                variant_keys.append(key)
+    if clash := [k for k in variant_keys if k in last]:
+        raise OffbenchError(f"{', '.join(clash)} set by the preset's variants; drop the override "
+                            f"(or run a plain grid without the preset)")
     options, fixed, swept = {}, [], []
     for key, value in last.items():
         if key in GRID_KEYS:
@@ -77,8 +102,11 @@ def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[
             fixed.append(f"{key}={value}")
     cells = []
     for combo in itertools.product(*[items for _, items in swept]):
-        cells.append(fixed + [f"{k}={v}" for (k, _), v in zip(swept, combo)])
-    return options, cells, [k for k, _ in swept]
+        base = fixed + [f"{k}={v}" for (k, _), v in zip(swept, combo)]
+        for v in variants or [[]]:
+            keys = {k for k, _ in parse_overrides(v)}
+            cells.append([o for o in base if o.partition("=")[0] not in keys] + v)
+    return options, cells, [k for k, _ in swept] + [k for k in variant_keys if k not in dict(swept)]
 
 
 WORKER_MEM_GB = 2.0  # budget per grid worker: a default-size run peaks at ~0.65 GB RSS (RESULTS.md)

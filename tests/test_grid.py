@@ -12,6 +12,7 @@ import pytest
 
 from conftest import GRID_TINY, offbench
 from offpolicy_bench import OffbenchError
+from offpolicy_bench.config import build_config, config_hash
 from offpolicy_bench.grid import expand
 
 GRID = ["method=[token_clip,vespo]", "staleness=[1,2]", "seed=[0,1]", *GRID_TINY]
@@ -126,10 +127,28 @@ def test_dry_run_lists_cells_and_projects_wall_time(tmp_path):
 def test_presets_expand_and_unknown_preset_is_clear():
     from offpolicy_bench.grid import expand
 
-    _, cells, swept = expand(["preset=paper-cpu", "seed=[0]"])
+    _, cells, swept = expand(["preset=paper-cpu"])  # the full comparison: 4 x 4 x 2 x 2 x 3
+    assert swept == ["method", "staleness", "model.name", "task", "seed"] and len(cells) == 192
+    _, cells, swept = expand(["preset=paper-cpu", "seed=[0]", "model=dense", "task=math"])  # later keys win
     assert swept == ["method", "staleness", "seed"] and len(cells) == 16
+    assert all("model.name=dense" in c and "optim.lr=2e-4" in c for c in cells)
     with pytest.raises(OffbenchError, match="unknown preset 'nope'; presets: paper-cpu"):
         expand(["preset=nope"])
+
+
+def test_preset_variants_multiply_the_product_and_build_distinct_configs():
+    from offpolicy_bench.grid import expand
+
+    _, cells, swept = expand(["preset=paper-cpu-ablation"])
+    assert len(cells) == 3 * 5  # seeds x (3 length norms + 2 symmetric kernels)
+    assert swept[:2] == ["seed", "method.length_norm"] and "method.c1_neg" in swept and "method.c2_pos" in swept
+    cfgs = [build_config(c) for c in cells if "seed=0" in c]
+    kernels = [(c.method.length_norm, c.method.c1_pos, c.method.c2_pos, c.method.c1_neg, c.method.c2_neg) for c in cfgs]
+    assert kernels == [("none", 2, 3, 3, 2), ("lin", 2, 3, 3, 2), ("sqrt", 2, 3, 3, 2),
+                       ("none", 2, 3, 2, 3), ("none", 3, 2, 3, 2)]
+    assert len({config_hash(c) for c in cfgs}) == 5
+    with pytest.raises(OffbenchError, match="method.length_norm set by the preset's variants"):
+        expand(["preset=paper-cpu-ablation", "method.length_norm=lin"])
 
 
 def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
