@@ -42,7 +42,8 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from .registry import OffbenchError
-from .report import load_grid, mean_ci
+from .report import (CORE_COLUMNS, KNOB_COLUMNS, META_COLUMNS, _fmt_value, _is_null, _variant_name,  # noqa: F401
+                     load_grid, mean_ci, variant_columns, variant_label)
 
 # ---------------------------------------------------------------- fixed styles
 METHOD_COLORS = {
@@ -66,13 +67,6 @@ _FALLBACK_STYLES = [(0, (2, 1)), (0, (5, 2, 1, 2, 1, 2)), (0, (10, 3)), (0, (1, 
 _VARIANT_MARKERS = ["o", "s", "^", "D", "v", "P", "X", "*", "<", ">"]
 
 SMOOTH_MAX = 10  # the moving-average window grows with the run length up to this many steps
-
-CORE_COLUMNS = {"method", "staleness", "seed", "task", "model"}
-# runs.parquet bookkeeping columns: never a variant
-META_COLUMNS = {"run_id", "status", "error", "wall_time_s", "git_commit", "task_version", "agg", "versions",
-                "peak_rss_mb"}
-# always present in runs.parquet; a variant only when they actually vary in the grid
-KNOB_COLUMNS = {"lag": "lag", "correction": "correction", "rollout_dtype": "rollout.dtype"}
 
 LABELS = {
     "step": "gradient step",
@@ -150,29 +144,6 @@ class Grid:
         return os.path.basename(os.path.normpath(self.path))
 
 
-def _is_null(v) -> bool:
-    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("None", "nan", "NaN", "")
-
-
-def _fmt_value(v) -> str:
-    if isinstance(v, float) and v == int(v) and abs(v) < 1e6:
-        return f"{v:.1f}"
-    return str(v)
-
-
-def _variant_name(col: str) -> str:
-    return col.split(".", 1)[1] if col.startswith("method.") else col
-
-
-def variant_columns(runs: pd.DataFrame) -> list:
-    """Swept columns other than method / staleness / seed / task / model, in table order."""
-    cols = [c for c in runs.columns if c not in CORE_COLUMNS | META_COLUMNS | set(KNOB_COLUMNS)]
-    for c, dotted in KNOB_COLUMNS.items():
-        if c in runs.columns and dotted not in runs.columns and runs[c].astype(str).nunique() > 1:
-            cols.append(c)
-    return cols
-
-
 def load(grid_dir) -> Grid:
     """Read runs / metrics / summary parquet of a grid folder (nothing else) and label the series."""
     if isinstance(grid_dir, Grid):
@@ -196,12 +167,7 @@ def load(grid_dir) -> Grid:
             runs[c] = "?"
         runs[c] = runs[c].astype(str)
     vcols = variant_columns(runs)
-
-    def variant(row):
-        parts = [f"{_variant_name(c)}={_fmt_value(row[c])}" for c in vcols if not _is_null(row[c])]
-        return ", ".join(parts)
-
-    runs["variant"] = runs.apply(variant, axis=1) if vcols else ""
+    runs["variant"] = [variant_label(row, vcols) for _, row in runs.iterrows()]
     runs["series"] = [m if not v else f"{m}, {v}" for m, v in zip(runs.method, runs.variant)]
     runs["context"] = [f"task={t}, model={m}" for t, m in zip(runs.task, runs.model)]
     return Grid(grid_dir, runs, metrics, summary, vcols, unplottable)

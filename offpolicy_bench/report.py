@@ -14,6 +14,45 @@ from .registry import OffbenchError
 COLLAPSE_FRACTION = 0.5  # collapse: eval accuracy falls below half of its best so far
 
 
+CORE_COLUMNS = {"method", "staleness", "seed", "task", "model"}
+# the same keys as swept in a grid (model=[...] is stored as model.name): never a variant
+ALIAS_COLUMNS = {"model.name", "task.name", "method.name", "correction.name"}
+# runs.parquet bookkeeping columns: never a variant
+META_COLUMNS = {"run_id", "status", "error", "wall_time_s", "git_commit", "task_version", "agg", "versions",
+                "peak_rss_mb"}
+# always present in runs.parquet; a variant only when they actually vary in the grid
+KNOB_COLUMNS = {"lag": "lag", "correction": "correction", "rollout_dtype": "rollout.dtype"}
+
+
+def _is_null(v) -> bool:
+    return v is None or (isinstance(v, float) and math.isnan(v)) or str(v) in ("None", "nan", "NaN", "")
+
+
+def _fmt_value(v) -> str:
+    if isinstance(v, float) and v == int(v) and abs(v) < 1e6:
+        return f"{v:.1f}"
+    return str(v)
+
+
+def _variant_name(col: str) -> str:
+    return col.split(".", 1)[1] if col.startswith("method.") else col
+
+
+def variant_columns(runs: pd.DataFrame) -> list:
+    """Swept columns other than method / staleness / seed / task / model, in table order: runs
+    that differ in one of them are different series, never seeds of one mean."""
+    cols = [c for c in runs.columns if c not in CORE_COLUMNS | ALIAS_COLUMNS | META_COLUMNS | set(KNOB_COLUMNS)]
+    for c, dotted in KNOB_COLUMNS.items():
+        if c in runs.columns and dotted not in runs.columns and runs[c].astype(str).nunique() > 1:
+            cols.append(c)
+    return cols
+
+
+def variant_label(row, vcols: list) -> str:
+    """'length_norm=lin, optim.lr=0.0002' for one runs row ('' if no variant column is set)."""
+    return ", ".join(f"{_variant_name(c)}={_fmt_value(row[c])}" for c in vcols if not _is_null(row[c]))
+
+
 def summarize_run(m: pd.DataFrame) -> dict:
     """Headline numbers of one run from its long metrics table.
 
@@ -83,18 +122,22 @@ def load_grid(grid_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 
 def table(grid_dir: str, metric: str = "eval_accuracy_final", fmt: str = "md") -> str:
-    """One table per (task, model): rows method, columns N, cells 'mean ± ci (n)' over seeds."""
+    """One table per (task, model): rows method (and variant, for every other swept key), columns N,
+    cells 'mean ± ci (n)' over seeds."""
     runs, summ = load_grid(grid_dir)
     if summ.empty:
         raise OffbenchError(f"{grid_dir} has no finished runs yet")
     if metric not in summ.columns:
         raise OffbenchError(f"unknown metric {metric!r}; summary columns: {', '.join(summ.columns[1:])}")
     df = runs.merge(summ, on="run_id")
+    vcols = variant_columns(runs)
+    df["series"] = [m if not v else f"{m}, {v}" for m, v in
+                    zip(df.method, (variant_label(row, vcols) for _, row in df.iterrows()))]
     out = []
     for (task, model), part in df.groupby(["task", "model"], sort=True):
         ns = sorted(part.staleness.unique())
         rows = []
-        for method, mpart in part.groupby("method", sort=True):
+        for method, mpart in part.groupby("series", sort=True):
             cells = []
             for n in ns:
                 mean, ci, k = mean_ci(mpart[mpart.staleness == n][metric])

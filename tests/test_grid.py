@@ -101,6 +101,26 @@ def test_report_prints_table_two_shape(tiny_grid):
         assert r.returncode == 0 and marker in r.stdout
 
 
+def test_report_never_pools_variants_as_seeds(tiny_grid, tmp_path):
+    """Runs that differ in a swept key besides method / N / seed / task / model (an lr, a kernel)
+    are separate rows; pooling them would report a mean over different experiments."""
+    import shutil
+
+    from offpolicy_bench.report import table
+
+    g = tmp_path / "g"
+    g.mkdir()
+    for name in ("runs.parquet", "summary.parquet"):
+        shutil.copy(tiny_grid / name, g / name)
+    runs = pd.read_parquet(g / "runs.parquet")
+    runs["optim.lr"] = [1e-4 if s == 0 else 2e-4 for s in runs.seed]  # as if seed 1 ran another lr
+    runs["model.name"] = runs["model"]  # how model=[...] is stored: the same key, never a variant
+    runs.to_parquet(g / "runs.parquet")
+    md = table(str(g))
+    assert "| token_clip, optim.lr=0.0001 |" in md and "| vespo, optim.lr=0.0002 |" in md
+    assert "(2)" not in md and "model.name" not in md  # one seed per row now, none pooled
+
+
 def test_report_of_a_non_grid_is_a_clear_error(tmp_path):
     r = offbench("report", str(tmp_path))
     assert r.returncode == 2 and "not a grid folder" in r.stderr
