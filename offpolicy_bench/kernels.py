@@ -39,7 +39,7 @@ def bound_terms(phi: Tensor, log_w: Tensor, K: float) -> dict[str, float]:
     phi = phi.double()
     w = torch.exp(log_w.double().clamp(max=700.0))
     z = phi.mean()
-    eq_w = (phi * w).mean() / z if z > 0 else torch.tensor(float("nan"))
+    eq_w = (phi * w).mean() / z if z > 0 else torch.tensor(float("nan"), device=w.device)
     second = (phi * phi).mean()
     bound = z * K * eq_w
     return {"Z": z.item(), "EQ_W": eq_w.item(), "E_phi2": second.item(), "bound": bound.item(),

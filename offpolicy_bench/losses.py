@@ -125,7 +125,7 @@ def quantile_metrics(prefix: str, x: Tensor) -> dict[str, float]:
     x = x.detach().float().flatten()
     if x.numel() == 0:
         return {}
-    qs = torch.quantile(x, torch.tensor(_QUANTILES, dtype=x.dtype))
+    qs = torch.quantile(x, torch.tensor(_QUANTILES, dtype=x.dtype, device=x.device))
     out = {f"{prefix}_q{int(q * 100):02d}": v.item() for q, v in zip(_QUANTILES, qs)}
     out[f"{prefix}_min"] = x.min().item()
     out[f"{prefix}_max"] = x.max().item()

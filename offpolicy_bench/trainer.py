@@ -47,6 +47,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
     model, tok, model_info = load_model(cfg, task, log)
     model.to(cfg.device)
+    device = next(model.parameters()).device
     engine = make_engine(cfg.rollout.engine, model, tok, cfg)
     ring = WeightRing(cfg.lag, cfg.staleness, enabled=not engine.shares_trainer)
     ring.maybe_store(0, model)
@@ -90,9 +91,10 @@ def train(cfg: DictConfig, log=print) -> dict:
             model.eval()
             exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
             ro = engine.sample(tok, [e.prompt for e in exs], g, temp, cfg.rollout.max_new_tokens, generator=gen)
+            ro = ro.to(device)  # an engine may return its rollout elsewhere (vLLM: CPU tensors)
             # 2. grade, GRPO group advantages (rows are grouped G per prompt)
             grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
-            rewards = torch.tensor([gr.reward for gr in grades])
+            rewards = torch.tensor([gr.reward for gr in grades], device=device)
             adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
             # 3. split into N mini-batches. pi_old = the trainer's policy before any update: mini-batch 0
             #    is trained before any update, so its pi_old is its own training forward (detached);

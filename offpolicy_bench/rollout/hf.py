@@ -25,6 +25,14 @@ class Rollout:
     texts: list[str]  # decoded responses, without EOS / padding
     truncated: Tensor  # [B] bool, hit max_new_tokens without EOS
 
+    def to(self, device) -> "Rollout":
+        """The same rollout with its tensors on `device` (itself if they are there already)."""
+        if self.input_ids.device == torch.device(device):
+            return self
+        return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_len,
+                       self.response_mask.to(device), self.behav_logp.to(device), self.texts,
+                       self.truncated.to(device))
+
     def rows(self, idx: slice) -> "Rollout":
         """A contiguous slice of sequences, trimmed to the columns they use."""
         mask = self.response_mask[idx]
@@ -134,6 +142,11 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
     are dropped), so every decode step computes only live sequences.
     """
     device = next(model.parameters()).device
+    if generator is not None and generator.device.type != device.type:
+        # a CPU generator (the trainer's, shared with engines that draw seeds on the CPU) driving a
+        # GPU model: derive a generator on the model's device from it, deterministically per call
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator).item())
+        generator = torch.Generator(device).manual_seed(seed)
     ids_u, attn_u = encode_prompts(tok, list(prompts))
     ids_u, attn_u = ids_u.to(device), attn_u.to(device)
     ids, attn = ids_u.repeat_interleave(group_size, 0), attn_u.repeat_interleave(group_size, 0)
