@@ -103,10 +103,8 @@ def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[
     cells = []
     for combo in itertools.product(*[items for _, items in swept]):
         base = fixed + [f"{k}={v}" for (k, _), v in zip(swept, combo)]
-        for v in variants or [[]]:
-            keys = {k for k, _ in parse_overrides(v)}
-            cells.append([o for o in base if o.partition("=")[0] not in keys] + v)
-    return options, cells, [k for k, _ in swept] + [k for k in variant_keys if k not in dict(swept)]
+        cells += [base + v for v in variants or [[]]]  # variant keys are never in base (refused above)
+    return options, cells, [k for k, _ in swept] + variant_keys
 
 
 WORKER_MEM_GB = 2.0  # budget per grid worker: a default-size run peaks at ~0.65 GB RSS (RESULTS.md)

@@ -42,8 +42,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from .registry import OffbenchError
-from .report import (CORE_COLUMNS, KNOB_COLUMNS, META_COLUMNS, _fmt_value, _is_null, _variant_name,  # noqa: F401
-                     load_grid, mean_ci, variant_columns, variant_label)
+from .report import _variant_name, load_grid, mean_ci, series_labels, variant_columns
 
 # ---------------------------------------------------------------- fixed styles
 METHOD_COLORS = {
@@ -167,8 +166,7 @@ def load(grid_dir) -> Grid:
             runs[c] = "?"
         runs[c] = runs[c].astype(str)
     vcols = variant_columns(runs)
-    runs["variant"] = [variant_label(row, vcols) for _, row in runs.iterrows()]
-    runs["series"] = [m if not v else f"{m}, {v}" for m, v in zip(runs.method, runs.variant)]
+    runs["variant"], runs["series"] = series_labels(runs, vcols)
     runs["context"] = [f"task={t}, model={m}" for t, m in zip(runs.task, runs.model)]
     return Grid(grid_dir, runs, metrics, summary, vcols, unplottable)
 

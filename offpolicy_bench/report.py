@@ -53,6 +53,12 @@ def variant_label(row, vcols: list) -> str:
     return ", ".join(f"{_variant_name(c)}={_fmt_value(row[c])}" for c in vcols if not _is_null(row[c]))
 
 
+def series_labels(runs: pd.DataFrame, vcols: list) -> tuple[list[str], list[str]]:
+    """(variant, series) label of every runs row: series = 'method' or 'method, <variant>'."""
+    variants = [variant_label(row, vcols) for _, row in runs.iterrows()]
+    return variants, [m if not v else f"{m}, {v}" for m, v in zip(runs.method, variants)]
+
+
 def summarize_run(m: pd.DataFrame) -> dict:
     """Headline numbers of one run from its long metrics table.
 
@@ -130,9 +136,7 @@ def table(grid_dir: str, metric: str = "eval_accuracy_final", fmt: str = "md") -
     if metric not in summ.columns:
         raise OffbenchError(f"unknown metric {metric!r}; summary columns: {', '.join(summ.columns[1:])}")
     df = runs.merge(summ, on="run_id")
-    vcols = variant_columns(runs)
-    df["series"] = [m if not v else f"{m}, {v}" for m, v in
-                    zip(df.method, (variant_label(row, vcols) for _, row in df.iterrows()))]
+    df["series"] = series_labels(df, variant_columns(runs))[1]
     out = []
     for (task, model), part in df.groupby(["task", "model"], sort=True):
         ns = sorted(part.staleness.unique())

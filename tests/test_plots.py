@@ -167,7 +167,7 @@ def test_bookkeeping_columns_of_runs_table_are_never_variants():
     import pandas as pd
 
     from offpolicy_bench.grid import collect  # noqa: F401  (the writer of runs.parquet)
-    from offpolicy_bench.plots import META_COLUMNS, variant_columns
+    from offpolicy_bench.report import META_COLUMNS, variant_columns
 
     runs = pd.DataFrame({"run_id": ["a", "b"], "method": ["vespo"] * 2, "staleness": [1, 1], "seed": [0, 1],
                          "task": ["math"] * 2, "model": ["dense"] * 2, "peak_rss_mb": [500.1, 512.3],

@@ -91,11 +91,10 @@ def _logits_shared_prefix(model, ro: Rollout):
     if p < 2 or b < 2:
         return None
     prompt = torch.cat([ro.input_ids[:, :p], ro.attention_mask[:, :p].to(ro.input_ids.dtype)], 1)
-    uniq, inverse = torch.unique_consecutive(prompt, dim=0, return_inverse=True)
+    uniq, inverse, counts = torch.unique_consecutive(prompt, dim=0, return_inverse=True, return_counts=True)
     if uniq.shape[0] == b:
         return None
-    first = torch.zeros(uniq.shape[0], dtype=torch.long, device=inverse.device)
-    first.scatter_reduce_(0, inverse, torch.arange(b, device=inverse.device), "amin", include_self=False)
+    first = counts.cumsum(0) - counts  # row index where each run of equal prompts starts
     pre_ids, pre_attn = ro.input_ids[first, : p - 1], ro.attention_mask[first, : p - 1]
     cache_kw = _cache_kw(model)
     out = model(input_ids=pre_ids, attention_mask=pre_attn, position_ids=_positions(pre_attn), use_cache=True,
