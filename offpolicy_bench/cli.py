@@ -1,4 +1,14 @@
-"""`offbench` command line: run, methods, tasks."""
+"""`offbench` command line.
+
+  run          train one run from key=value config overrides
+  grid         run the product of list-valued overrides (parallel, resumable), with tidy tables
+  grade        grade a file of completions against a task's held-out split: per-sample results, pass@k
+  report       Table-2-shaped summary of a grid
+  plot         every paper-style figure of a grid
+  methods      list the registered methods (loss functions) and their defaults
+  tasks        list the registered tasks and their arguments
+  corrections  list the rollout-correction modifiers and their arguments
+"""
 
 from __future__ import annotations
 
@@ -14,9 +24,10 @@ RUN_HELP = """Train one run. Arguments are key=value overrides of the config, e.
   offbench run method=vespo task=math staleness=16
   offbench run model=moe optim.lr=1e-4 method.c1_pos=3 train.steps=64
 
-`method=NAME` / `task=NAME` pick a registry entry and bring its arguments (method.<arg>,
-task.<arg>); `model=dense|moe|PATH`. Unknown keys and wrong types are errors. The resolved
-config is printed, and saved with the results as config.yaml.
+`method=NAME` / `task=NAME` / `correction=NAME` pick a registry entry and bring its arguments
+(method.<arg>, task.<arg>, correction.<arg>; each entry's are listed below); `model=dense|moe|PATH`.
+Unknown keys and wrong types are errors. The resolved config is printed, and saved with the
+results as config.yaml.
 
 keys (default, meaning):
 """
@@ -77,7 +88,7 @@ def _plot(args) -> int:
 
 
 def _methods(args) -> int:
-    from .method import METHODS, field_docs
+    from .method import METHODS
     from .plugins import load_builtin
 
     load_builtin()
@@ -131,15 +142,10 @@ def _tasks(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser with every subcommand (`offbench run --help` is answered by `main`)."""
     parser = argparse.ArgumentParser(prog="offbench", description="Benchmark off-policy corrections for LLM RL.")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    if len(argv) >= 2 and argv[0] == "run" and argv[1] in ("-h", "--help"):
-        from .config import help_text
-
-        print("usage: offbench run [key=value ...]\n\n" + RUN_HELP + help_text())
-        return 0
     p_run = sub.add_parser("run", help="train one run (offbench run --help lists every key)")
     p_run.add_argument("overrides", nargs="*", help="key=value config overrides")
     p_run.set_defaults(fn=_run)
@@ -155,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                                          "[task.<arg>=...]; see offpolicy_bench/grading.py for the file format")
     p_grade.add_argument("overrides", nargs="*")
     p_grade.set_defaults(fn=_grade)
-    p_rep = sub.add_parser("report", help="Table-2-shaped summary of a grid (methods x staleness, mean and 95% CI)")
+    p_rep = sub.add_parser("report", help="Table-2-shaped summary of a grid (methods x staleness, mean and 95%% CI)")
     p_rep.add_argument("grid_dir")
     p_rep.add_argument("--format", default="md", choices=["md", "csv", "latex"])
     p_rep.add_argument("--metric", default="eval_accuracy_final", help="a summary.parquet column")
@@ -167,7 +173,17 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
     sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) >= 2 and argv[0] == "run" and argv[1] in ("-h", "--help"):
+        from .config import help_text
+
+        print("usage: offbench run [key=value ...]\n\n" + RUN_HELP + help_text())
+        return 0
+    args = build_parser().parse_args(argv)
     try:
         return args.fn(args)
     except OffbenchError as e:

@@ -1,5 +1,6 @@
 """The CLI end to end: real tiny runs, the run folder, every user error, Ctrl-C."""
 
+import argparse
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY, offbench
+from offpolicy_bench.cli import build_parser, main
 
 
 def read_run(d):
@@ -162,3 +164,27 @@ def test_grade_command_writes_per_sample_results_and_pass_at_k(tmp_path):
     assert res["pass@2"] == pytest.approx(expect2)
     r = offbench("grade", "task=math")
     assert r.returncode == 2 and "usage: offbench grade" in r.stderr
+
+
+def subcommands():
+    (action,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sorted(action.choices)
+
+
+def test_program_help_runs():
+    r = offbench("--help")
+    assert r.returncode == 0, r.stderr
+    assert "usage: offbench" in r.stdout and "Traceback" not in r.stderr
+    for cmd in subcommands():  # every subcommand is listed with its one-line help
+        assert cmd in r.stdout, cmd
+
+
+@pytest.mark.parametrize("cmd", subcommands())
+def test_every_subcommand_help_runs(cmd, capsys):
+    try:
+        code = main([cmd, "--help"])
+    except SystemExit as e:  # argparse exits after printing the help
+        code = e.code
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(f"usage: offbench {cmd}"), out[:200]
