@@ -56,16 +56,14 @@ def _grid(args) -> int:
 
 def _grade(args) -> int:
     from .config import parse_overrides
-    from .grading import grade_file
+    from .grading import grade_file, parse_k
 
     opts = dict(parse_overrides([a for a in args.overrides if not a.startswith("task.")]))
     unknown = set(opts) - {"task", "completions", "out", "k"}
     if unknown or "task" not in opts or "completions" not in opts:
-        from .registry import OffbenchError
-
         raise OffbenchError("usage: offbench grade task=NAME completions=FILE.jsonl [out=FILE] [k=1,10] [task.<arg>=...]"
                             + (f"; unknown: {', '.join(sorted(unknown))}" if unknown else ""))
-    ks = [int(x) for x in opts.get("k", "1").strip("[]").split(",") if x.strip()]
+    ks = parse_k(opts.get("k", "1"))
     result = grade_file(opts["task"], [a for a in args.overrides if a.startswith("task.")], opts["completions"],
                         opts.get("out"), ks)
     print(json.dumps(result))
@@ -75,7 +73,7 @@ def _grade(args) -> int:
 def _report(args) -> int:
     from .report import table
 
-    print(table(args.grid_dir, metric=args.metric, fmt=args.format))
+    print(table(args.grid_dir, metric=args.metric, fmt=args.format, endpoint=args.endpoint, contrasts=args.contrast))
     return 0
 
 
@@ -164,7 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_rep = sub.add_parser("report", help="Table-2-shaped summary of a grid (methods x staleness, mean and 95%% CI)")
     p_rep.add_argument("grid_dir")
     p_rep.add_argument("--format", default="md", choices=["md", "csv", "latex"])
-    p_rep.add_argument("--metric", default="eval_accuracy_final", help="a summary.parquet column")
+    p_rep.add_argument("--endpoint", default="late_mean", choices=["late_mean", "final", "best"],
+                       help="per-run eval accuracy to tabulate: mean over the second half of training "
+                            "(default), at the last step, or the best")
+    p_rep.add_argument("--metric", default=None, help="a summary.parquet column instead of --endpoint")
+    p_rep.add_argument("--contrast", action="append", default=[], metavar="A-B",
+                       help="also print method A minus method B per cell, with a bootstrap 95%% CI and the "
+                            "minimum detectable effect (repeatable, or comma-separated: vespo-token_clip,gspo-sapo)")
     p_rep.set_defaults(fn=_report)
     p_plot = sub.add_parser("plot", help="write every paper-style figure of a grid (PNG and PDF)")
     p_plot.add_argument("grid_dir")

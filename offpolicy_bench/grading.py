@@ -291,6 +291,62 @@ def pass_at_k_table(correct_per_problem: Iterable[list[bool]], k_list: Iterable[
 # ------------------------------------------------------------------ a file of completions
 
 
+def parse_k(value: str) -> list[int]:
+    """`k=1,10` (or `[1,10]`) as a list of sample counts for pass@k."""
+    from .registry import OffbenchError
+
+    try:
+        ks = [int(x) for x in value.strip().strip("[]").split(",") if x.strip()]
+    except ValueError:
+        raise OffbenchError(f"k={value!r}: give whole numbers >= 1 for pass@k, e.g. k=1,10") from None
+    _check_ks(ks)
+    return ks
+
+
+def _check_ks(ks) -> None:
+    from .registry import OffbenchError
+
+    if not ks or any(not isinstance(k, int) or k < 1 for k in ks):
+        raise OffbenchError(f"k={','.join(map(str, ks))}: each k must be a whole number >= 1 (pass@k over k "
+                            f"samples per problem), e.g. k=1,10")
+
+
+def _check_paths(completions_path: str, out_path: str | None) -> None:
+    from .registry import OffbenchError
+
+    if not os.path.isfile(completions_path):
+        raise OffbenchError(f"completions={completions_path!r} is not a file: give the jsonl of completions")
+    if not os.access(completions_path, os.R_OK):
+        raise OffbenchError(f"completions={completions_path!r} is not readable")
+    if out_path is None:
+        return
+    folder = os.path.dirname(os.path.abspath(out_path))
+    if os.path.isdir(out_path):
+        raise OffbenchError(f"out={out_path!r} is a folder: give a file name, e.g. out={out_path.rstrip('/')}/graded.jsonl")
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+        raise OffbenchError(f"out={out_path!r}: folder {folder} does not exist or is not writable")
+    if os.path.realpath(out_path) == os.path.realpath(completions_path):
+        raise OffbenchError(f"out={out_path!r} would overwrite the completions: write the results elsewhere")
+
+
+def _read_rows(path: str) -> list[dict]:
+    from .registry import OffbenchError
+
+    rows = []
+    with open(path) as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except ValueError as e:
+                raise OffbenchError(f"{path}:{n}: not JSON ({e}); one JSON object per line") from None
+            if not isinstance(row, dict):
+                raise OffbenchError(f"{path}:{n}: a {type(row).__name__}, not a JSON object")
+            rows.append(row)
+    return rows
+
+
 def grade_file(task_name: str, task_overrides: list[str], completions_path: str, out_path: str | None,
                k_list: Iterable[int] = (1,)) -> dict:
     """Grade a jsonl of completions against a task's held-out split.
@@ -306,6 +362,9 @@ def grade_file(task_name: str, task_overrides: list[str], completions_path: str,
 
     from omegaconf import OmegaConf
 
+    k_list = list(k_list)
+    _check_ks(k_list)
+    _check_paths(completions_path, out_path)
     overrides = [f"task={task_name}"] + [o if o.startswith("task.") else f"task.{o}" for o in task_overrides]
     cfg = build_config(overrides)
     cls = get_task(task_name)
@@ -313,13 +372,16 @@ def grade_file(task_name: str, task_overrides: list[str], completions_path: str,
     exs = task.eval_examples()
     by_prompt = {e.prompt: i for i, e in enumerate(exs)}
     by_id = {e.meta.get("task_id"): i for i, e in enumerate(exs) if e.meta.get("task_id") is not None}
-    rows = [json.loads(line) for line in open(completions_path) if line.strip()]
+    rows = _read_rows(completions_path)
     idx = []
     for n, r in enumerate(rows):
-        if "completion" not in r:
-            raise OffbenchError(f"{completions_path}:{n + 1}: no 'completion' field")
+        if not isinstance(r.get("completion"), str):
+            raise OffbenchError(f"{completions_path}:{n + 1}: no 'completion' text field")
         if "index" in r:
-            i = int(r["index"])
+            try:
+                i = int(r["index"])
+            except (TypeError, ValueError):
+                raise OffbenchError(f"{completions_path}:{n + 1}: index {r['index']!r} is not a whole number") from None
             if not 0 <= i < len(exs):
                 raise OffbenchError(f"{completions_path}:{n + 1}: index {i} outside the eval split (0..{len(exs) - 1})")
         elif "task_id" in r and r["task_id"] in by_id:

@@ -30,6 +30,46 @@ from .registry import OffbenchError
 from .results import atomic_write, atomic_write_parquet
 
 GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project"}  # grid options, not run config
+EXECUTORS = ("local", "ray")
+_TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
+
+
+def _flag(key: str, value: str) -> bool:
+    v = value.strip().lower()
+    if v not in _TRUE + _FALSE:
+        raise OffbenchError(f"{key}={value!r}: use {key}=true or {key}=false")
+    return v in _TRUE
+
+
+def check_options(options: dict[str, str]) -> dict:
+    """The grid options typed and checked, so that a typo stops the grid before any work starts:
+    jobs (None = default_jobs()), executor, ray_address, dry_run, project."""
+    jobs = options.get("jobs")
+    if jobs is not None:
+        try:
+            jobs = int(jobs)
+        except ValueError:
+            raise OffbenchError(f"jobs={jobs!r} is not a whole number: use jobs=N with N >= 1 parallel runs, "
+                                f"or leave it out for one per core") from None
+        if jobs < 1:
+            raise OffbenchError(f"jobs={jobs} must be >= 1 parallel runs (leave it out for one per core)")
+    executor = options.get("executor", "local").strip()
+    if executor not in EXECUTORS:
+        raise OffbenchError(f"executor={executor!r}: choose {' or '.join(EXECUTORS)}")
+    address = options.get("ray_address")
+    if address is not None:
+        if executor != "ray":
+            raise OffbenchError("ray_address= is for executor=ray; add executor=ray or drop ray_address=")
+        if not address.strip():
+            raise OffbenchError("ray_address= is empty: give the cluster address (e.g. ray_address=auto) or drop it")
+    if executor == "ray":
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None:
+            raise OffbenchError("executor=ray needs Ray: pip install \"offpolicy-bench[ray]\" (or executor=local)")
+    return {"jobs": jobs, "executor": executor, "ray_address": address or None,
+            "dry_run": _flag("dry_run", options.get("dry_run", "false")),
+            "project": _flag("project", options.get("project", "true"))}
 
 
 def _split_list(value: str) -> list[str] | None:
@@ -165,6 +205,7 @@ def _warm_starts(cfgs) -> None:
 
 def run_grid(overrides: list[str], log=print) -> str:
     options, cell_overrides, swept = expand(overrides)
+    opts = check_options(options)
     names = [v for k, v in parse_overrides(overrides) if k == "name"]
     presets = [v for k, v in parse_overrides(overrides) if k == "preset"]
     if not names and presets:
@@ -183,29 +224,25 @@ def run_grid(overrides: list[str], log=print) -> str:
     if len(set(ids)) != len(ids):
         raise OffbenchError("two cells resolve to the same config (a swept key has repeated values)")
     todo = [(ov, cfg, rid) for ov, cfg, rid in cfgs if _status(_cell_dir(grid_dir, rid)) != "finished"]
-    jobs = int(options.get("jobs", 0)) or default_jobs()
-    jobs = min(jobs, max(1, len(todo)))
+    jobs = min(opts["jobs"] or default_jobs(), max(1, len(todo)))
     threads = max(1, (os.cpu_count() or 1) // jobs)
-    executor = options.get("executor", "local")
+    executor = opts["executor"]
     log(f"grid {names[-1]}: {len(cfgs)} cells over {', '.join(swept) or 'nothing'}; {len(cfgs) - len(todo)} "
         f"finished already, {len(todo)} to run with {jobs} job(s) x {threads} thread(s) on {executor} -> {grid_dir}")
-    if options.get("dry_run", "false").lower() in ("1", "true", "yes"):
+    if opts["dry_run"]:
         for ov, cfg, rid in cfgs:
             log(f"  {rid}  {' '.join(ov)}")
-        if options.get("project", "true").lower() in ("1", "true", "yes"):
+        if opts["project"]:
             project([cfg for _, cfg, _ in todo], jobs, threads, log)
         return grid_dir
     os.makedirs(os.path.join(grid_dir, "cells"), exist_ok=True)
     _write_grid_meta(grid_dir, overrides, swept)
     _warm_starts([cfg for _, cfg, _ in todo])
     cell_args = [(ov + [f"name={rid}", f"log.out_dir={os.path.join(grid_dir, 'cells')}"], rid) for ov, _, rid in todo]
-    results = {}
     if executor == "local":
         results = _run_local(cell_args, jobs, threads, grid_dir, swept, log)
-    elif executor == "ray":
-        results = _run_ray(cell_args, threads, options.get("ray_address"), grid_dir, swept, log)
-    else:
-        raise OffbenchError(f"executor={executor!r}: choose local or ray")
+    else:  # ray (check_options refused anything else)
+        results = _run_ray(cell_args, threads, opts["ray_address"], grid_dir, swept, log)
     for rid, res in results.items():
         if res["status"] == "failed" and _status(_cell_dir(grid_dir, rid)) != "failed":
             _mark_failed(_cell_dir(grid_dir, rid), rid, res)

@@ -188,3 +188,41 @@ def test_every_subcommand_help_runs(cmd, capsys):
     out = capsys.readouterr().out
     assert code == 0
     assert out.startswith(f"usage: offbench {cmd}"), out[:200]
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("jobs=x", "jobs='x' is not a whole number"),
+    ("jobs=0", "jobs=0 must be >= 1"),
+    ("executor=lcoal", "executor='lcoal': choose local or ray"),
+    ("ray_address=auto", "ray_address= is for executor=ray"),
+    ("dry_run=maybe", "use dry_run=true or dry_run=false"),
+])
+def test_bad_grid_options_are_one_line_errors(tmp_path, bad, message):
+    r = offbench("grid", "seed=[0,1]", *TINY, f"log.out_dir={tmp_path}", "name=g", bad)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("offbench: error: ") and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "g").exists()  # refused before any work
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("k=x", "k='x': give whole numbers >= 1"),
+    ("k=0", "k=0: each k must be a whole number >= 1"),
+    ("k=1,-2", "each k must be a whole number >= 1"),
+    ("completions={tmp}/missing.jsonl", "is not a file"),
+    ("completions={tmp}/bad.jsonl", "bad.jsonl:2: not JSON"),
+    ("out={tmp}", "is a folder"),
+    ("out={tmp}/no/such/folder/o.jsonl", "does not exist or is not writable"),
+    ("out={tmp}/c.jsonl", "would overwrite the completions"),
+    ("task.levle=2", "unknown config key 'task.levle'"),
+])
+def test_bad_grade_options_are_one_line_errors(tmp_path, bad, message):
+    (tmp_path / "c.jsonl").write_text(json.dumps({"index": 0, "completion": "1"}) + "\n")
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"index": 0, "completion": "1"}) + "\nnot json\n")
+    args = {"task": "math", "completions": f"{tmp_path}/c.jsonl"}
+    key, value = bad.format(tmp=tmp_path).split("=", 1)
+    args[key] = value
+    r = offbench("grade", *(f"{k}={v}" for k, v in args.items()))
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert r.stderr.startswith("offbench: error: ") and message in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -144,6 +144,26 @@ def test_dry_run_lists_cells_and_projects_wall_time(tmp_path):
     assert not (tmp_path / "d" / "cells").exists()  # nothing ran
 
 
+@pytest.mark.parametrize("bad, message", [
+    ("jobs=x", r"jobs='x' is not a whole number"), ("jobs=0", r"jobs=0 must be >= 1"), ("jobs=-3", r"jobs=-3"),
+    ("executor=lcoal", r"executor='lcoal': choose local or ray"), ("executor=", r"executor='': choose"),
+    ("ray_address=auto", r"ray_address= is for executor=ray"), ("project=nah", r"project=true or project=false"),
+])
+def test_grid_options_are_checked_before_any_work(tmp_path, monkeypatch, bad, message):
+    import offpolicy_bench.grid as grid
+
+    def no_work(*a, **k):
+        raise AssertionError("the grid started work before checking its options")
+
+    for name in ("_warm_starts", "_run_local", "_run_ray", "project"):
+        monkeypatch.setattr(grid, name, no_work)
+    with pytest.raises(OffbenchError, match=message):
+        grid.run_grid(["seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=g", "dry_run=true", bad])
+    with pytest.raises(OffbenchError, match=message):
+        grid.run_grid(["seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=g", bad])
+    assert not (tmp_path / "g").exists()
+
+
 def test_presets_expand_and_unknown_preset_is_clear():
     from offpolicy_bench.grid import expand
 
