@@ -56,6 +56,9 @@ class WarmStartConfig:
     """seed of model init and warm start; kept apart from `seed` so RL seeds share one warm start"""
     cache: bool = True
     """reuse a warm start cached on disk under the hash of everything that determines it"""
+    max_excess: Optional[float] = 0.02
+    """largest accepted excess of the warm start's loss over the task's floor (nats/token; the floor is
+    the entropy of the habit-bearing targets); above it the run stops with an error. null = no check"""
 
 
 @dataclass
@@ -333,9 +336,26 @@ def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = ("name", "log", "thr
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
+def _default_of(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _help_line(key: str, default: Any, doc: str) -> str:
+    try:
+        shown = json.dumps(default)
+    except TypeError:
+        shown = repr(default)
+    return f"  {key + '=' + shown:<40} {doc}"
+
+
 def help_text() -> str:
-    """Every key with its default and doc, from the dataclasses themselves."""
+    """Every key with its default and doc, from the dataclasses themselves: the run config, the
+    common method keys, then the arguments of every registered method, task and correction
+    (tagged [name]; `method=NAME` etc. brings that entry's), the default entry first."""
+    from . import plugins
+    from .correction import CORRECTIONS
     from .method import METHODS, field_docs
+    from .tasks_api import TASKS
 
     lines = []
 
@@ -346,20 +366,18 @@ def help_text() -> str:
                     f.default_factory is not dataclasses.MISSING and dataclasses.is_dataclass(f.default_factory)):
                 walk(f.default_factory, f"{prefix}{f.name}.")
                 continue
-            default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-            lines.append(f"  {prefix + f.name + '=' + json.dumps(default):<40} {docs.get(f.name, '')}")
+            lines.append(_help_line(prefix + f.name, _default_of(f), docs.get(f.name, "")))
 
     walk(RunConfig, "")
-    from . import plugins
-
     plugins.load_builtin()
-    for common, group in ((_MethodCommon, "method"),):
-        docs = field_docs(common)
-        for f in dataclasses.fields(common)[1:]:
-            lines.append(f"  {group + '.' + f.name + '=' + json.dumps(f.default):<40} {docs.get(f.name, '')}")
-    default = METHODS.get(RunConfig.method)
-    docs = field_docs(default.args)
-    for f in dataclasses.fields(default.args):
-        lines.append(f"  {'method.' + f.name + '=' + json.dumps(f.default):<40} "
-                     f"[{default.name}] {docs.get(f.name, '')}")
+    docs = field_docs(_MethodCommon)
+    for f in dataclasses.fields(_MethodCommon)[1:]:
+        lines.append(_help_line(f"method.{f.name}", f.default, docs.get(f.name, "")))
+    for group, reg in (("method", METHODS), ("task", TASKS), ("correction", CORRECTIONS)):
+        default = getattr(RunConfig, group)
+        for name in sorted(reg, key=lambda n: (n != default, n)):
+            args = reg.get(name).args
+            docs = field_docs(args)
+            for f in dataclasses.fields(args):
+                lines.append(_help_line(f"{group}.{f.name}", _default_of(f), f"[{name}] {docs.get(f.name, '')}"))
     return "\n".join(lines)

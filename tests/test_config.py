@@ -71,3 +71,23 @@ def test_help_lists_every_key_with_default():
     for key in ("staleness=4", "optim.lr=0.0001", "train.steps=", "model.name=\"dense\"", "method.c1_pos=2.0",
                 "method.agg=null", "rollout.temperature=1.0", "log.eval_every="):
         assert key in text, key
+
+
+def test_help_lists_the_arguments_of_every_method_task_and_correction():
+    import dataclasses
+    import json
+
+    from offpolicy_bench.correction import CORRECTIONS
+    from offpolicy_bench.method import METHODS
+    from offpolicy_bench.tasks_api import TASKS
+
+    text = help_text()
+    for key in ("task.level=2", "task.habit=0.5", "correction.cap=2.0", "method.eps_high=0.28"):
+        assert key in text, key
+    lines = text.splitlines()
+    for group, reg in (("method", METHODS), ("task", TASKS), ("correction", CORRECTIONS)):
+        for name in reg:
+            for f in dataclasses.fields(reg.get(name).args):
+                default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+                want = f"{group}.{f.name}={json.dumps(default)}"
+                assert any(line.partition(f" [{name}]")[0].strip() == want for line in lines), (want, name)
