@@ -135,7 +135,8 @@ class RunConfig:
     threads: int = 0
     """torch CPU threads (0 = torch's default)"""
     plugins: List[str] = field(default_factory=list)
-    """extra modules to import so they register methods or tasks, e.g. [my_pkg.my_loss]"""
+    """extra modules (my_pkg.my_loss) or .py files (./my_loss.py) to import so they register methods, tasks
+    or corrections, e.g. [./my_loss.py]"""
     model: ModelConfig = field(default_factory=ModelConfig)
     warmstart: WarmStartConfig = field(default_factory=WarmStartConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)

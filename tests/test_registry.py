@@ -69,6 +69,33 @@ def test_plugin_module_named_in_config_trains(tmp_path):
     assert set(df[df.metric == "scale"].value) == {0.25}
 
 
+def test_plugin_file_path_in_config_trains(tmp_path):
+    (tmp_path / "my_loss.py").write_text(PLUGIN)
+    r = offbench("run", f"plugins=[{tmp_path / 'my_loss.py'}]", "method=half_pg", "method.scale=0.25", *TINY,
+                 f"log.out_dir={tmp_path}", "name=pf")
+    assert r.returncode == 0, r.stderr
+    import pandas as pd
+
+    df = pd.read_parquet(tmp_path / "pf" / "metrics.parquet")
+    assert set(df[df.metric == "scale"].value) == {0.25}
+
+
+def test_relative_plugin_path_and_a_missing_file(tmp_path, monkeypatch):
+    from offpolicy_bench.config import build_config
+
+    name = f"file_pg_{os.getpid()}"  # registered in this process: a name no other test uses
+    (tmp_path / "my_loss.py").write_text(PLUGIN.replace('"half_pg"', f'"{name}"'))
+    monkeypatch.chdir(tmp_path)
+    for _ in range(2):  # a second build_config imports the file once only (no "already registered")
+        cfg = build_config(["plugins=[./my_loss.py]", f"method={name}", "method.scale=0.75"])
+        assert cfg.method.name == name and cfg.method.scale == 0.75 and cfg.method.agg == "seq-mean-token-mean"
+    with pytest.raises(OffbenchError, match=r"plugin file './nope.py' does not exist"):
+        build_config(["plugins=[./nope.py]"])
+    r = offbench("run", "plugins=[./nope.py]", *TINY, cwd=tmp_path)
+    assert r.returncode == 2 and "plugin file './nope.py' does not exist" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1
+
+
 def test_entry_point_plugin_is_loaded_without_config(tmp_path):
     pkg = tmp_path / "ep_plugin_pkg"
     pkg.mkdir()
