@@ -212,9 +212,13 @@ def _check_key(cfg: DictConfig, key: str) -> None:
     if key in keys:
         return
     leaves = [k for k in keys if not isinstance(OmegaConf.select(cfg, k), DictConfig)]
-    close = difflib.get_close_matches(key, leaves, n=3, cutoff=0.8)
+    # what a user can set: every leaf, and the group selectors / shorthands (method=, task=, model=)
+    settable = leaves + [k for k in (*GROUPS, *SHORTHANDS) if k not in leaves]
+    close = difflib.get_close_matches(key, settable, n=3, cutoff=0.8)
     if not close:  # a bare leaf name the user put at the wrong level, e.g. `lr=` for `optim.lr=`
         close = [k for k in leaves if k.rsplit(".", 1)[-1] == key.rsplit(".", 1)[-1]][:3]
+    if not close and "." not in key:  # a short top-level name is easily mistyped past the 0.8 cutoff (tsak)
+        close = difflib.get_close_matches(key, [k for k in settable if "." not in k], n=3, cutoff=0.6)
     hint = f" Did you mean {' or '.join(close)}?" if close else ""
     group = key.split(".")[0]
     extra = f" (`offbench {group}s` lists each one's arguments)" if group in GROUPS else ""
