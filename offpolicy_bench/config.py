@@ -118,8 +118,8 @@ class RunConfig:
     task: Any = "math"
     """task (see `offbench tasks`); its arguments are task.<arg>"""
     correction: Any = "none"
-    """rollout-correction modifier wrapping the method (none, token_tis, seq_tis, masked_is, geo_reject,
-    token_veto); its arguments are correction.<arg>"""
+    """rollout-correction modifier wrapping the method (see `offbench corrections`; none = no correction);
+    its arguments are correction.<arg>"""
     staleness: int = 4
     """N: a rollout batch is split into N mini-batches updated in turn; the last is N-1 versions old"""
     lag: int = 0

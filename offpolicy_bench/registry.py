@@ -1,4 +1,4 @@
-"""One small Registry class, used for methods, tasks and rollout engines."""
+"""One small Registry class, used for methods, tasks, rollout corrections and rollout engines."""
 
 from __future__ import annotations
 
