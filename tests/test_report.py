@@ -174,6 +174,8 @@ def test_contrast_with_an_absent_method_is_a_one_line_error_before_any_work(grid
     assert "no method gspo in this grid; methods present: token_clip, vespo" in r.stderr
     with pytest.raises(OffbenchError, match="methods present: token_clip, vespo"):
         table(str(grid), contrasts=["vespo"])
+    with pytest.raises(OffbenchError, match="two different methods; methods present: token_clip, vespo"):
+        table(str(grid), contrasts=["vespo-vespo"])
 
 
 def test_cli_prints_contrasts_and_takes_the_endpoint(grid):
