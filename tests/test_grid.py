@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -139,7 +140,14 @@ def test_dry_run_lists_cells_and_projects_wall_time(tmp_path):
     r = offbench("grid", "method=[token_clip,vespo]", "seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=d",
                  "--dry-run")
     assert r.returncode == 0, r.stderr
-    assert "4 cells over method, seed" in r.stdout and r.stdout.count("  ") >= 4
+    assert "4 cells over method, seed" in r.stdout
+    # one line per cell: its run id (the config hash, built here independently) and its overrides
+    listed = dict(re.findall(r"^  ([0-9a-f]{12})  (.*)$", r.stdout, re.M))
+    want = {config_hash(build_config([*GRID_TINY, f"log.out_dir={tmp_path}", "name=d", f"method={m}", f"seed={s}"])):
+            (m, s) for m in ("token_clip", "vespo") for s in (0, 1)}
+    assert set(listed) == set(want)
+    for rid, (m, s) in want.items():
+        assert f"method={m}" in listed[rid].split() and f"seed={s}" in listed[rid].split()
     assert "ms per gradient step" in r.stdout and "projection:" in r.stdout
     assert not (tmp_path / "d" / "cells").exists()  # nothing ran
 

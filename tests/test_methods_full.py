@@ -21,6 +21,17 @@ N_TOK = sum(LENS)
 ADVS = [(1.0, -0.5, 2.0), (-1.5, 0.7, 0.0)]  # both signs, and A = 0
 
 
+def defaults(method):
+    """The method's default arguments, read from its args dataclass (never copied into a test)."""
+    return get_method(method).args()
+
+
+def vespo_c(adv):
+    """VESPO's default kernel (c1, c2) for the sign of the advantage (A >= 0 takes the pos pair)."""
+    d = defaults("vespo")
+    return (d.c1_pos, d.c2_pos) if adv >= 0 else (d.c1_neg, d.c2_neg)
+
+
 def grad_of(method, logp, batch, **kw):
     out = get_method(method)(batch, **kw)
     (g,) = torch.autograd.grad(out.loss, logp)
@@ -125,8 +136,9 @@ def test_sapo_value_and_grad(adv):
     logp, b = make_batch(scale=0.4, seed=2, adv=adv)
     out, g = grad_of("sapo", logp, b)
     vals, grads = zeros(), zeros()
+    d = defaults("sapo")
     for i in range(B):
-        tau = 1.0 if adv[i] > 0 else 1.05  # A <= 0 takes tau_neg
+        tau = d.tau_pos if adv[i] > 0 else d.tau_neg  # A <= 0 takes tau_neg
         for t in range(T):
             r = math.exp(f(logp, i, t) - f(b.old_logp, i, t))  # vs pi_old, per token
             s = 1 / (1 + math.exp(-tau * (r - 1)))
@@ -156,7 +168,7 @@ def test_sapo_gradient_coefficient_autograd(tau_name, adv, tau):
 @pytest.mark.parametrize("eps", [None, (0.2, 0.28), (1.0, 0.05)])
 def test_cispo_value_and_grad(adv, eps):
     logp, b = make_batch(scale=0.4, seed=6, adv=adv)
-    lo, hi = eps or (1.0, 4.0)  # the defaults: weight in [0, 5]
+    lo, hi = eps or (defaults("cispo").eps_low, defaults("cispo").eps_high)
     out, g = grad_of("cispo", logp, b, **({} if eps is None else {"eps_low": lo, "eps_high": hi}))
     vals, grads = zeros(), zeros()
     n_clip = 0
@@ -202,8 +214,8 @@ def test_topr_negative_truncation_both_sides():
 @pytest.mark.parametrize("adv", ADVS)
 @pytest.mark.parametrize("c", [None, 1.0, 1.1])
 def test_seq_clip_value_and_grad(adv, c):
-    logp, b = make_batch(scale=0.3, seed=2, adv=adv)  # W = 2.28, 0.58, 4.33
-    cap = 2.0 if c is None else c
+    logp, b = make_batch(scale=0.3, seed=2, adv=adv)
+    cap = defaults("seq_clip").c if c is None else c
     out, g = grad_of("seq_clip", logp, b, **({} if c is None else {"c": c}))
     vals, grads = zeros(), zeros()
     n_trunc = 0
@@ -219,15 +231,19 @@ def test_seq_clip_value_and_grad(adv, c):
 
 
 def test_seq_clip_truncation_bites():
-    logp, b = make_batch(scale=0.3, seed=2)  # W = 2.28, 0.58, 4.33
-    assert get_method("seq_clip")(b).metrics["trunc_frac"] == pytest.approx(2 / 3)
+    logp, b = make_batch(scale=0.3, seed=2)
+    # W per sequence by a plain loop over its tokens: exp(sum_t log pi - log mu)
+    ws = [math.exp(sum(f(logp, i, t) - f(b.behav_logp, i, t) for t in range(T) if on(i, t))) for i in range(B)]
+    n_trunc = sum(w > defaults("seq_clip").c for w in ws)
+    assert 0 < n_trunc < B  # this batch has sequences on both sides of the cap
+    assert get_method("seq_clip")(b).metrics["trunc_frac"] == pytest.approx(n_trunc / B, rel=1e-12)
 
 
 @pytest.mark.parametrize("adv", ADVS)
 @pytest.mark.parametrize("eps", [None, (0.1, 0.2)])
 def test_gmpo_value_and_grad(adv, eps):
     logp, b = make_batch(scale=0.4, seed=3, adv=adv)
-    lo, hi = eps or (0.4, 0.4)
+    lo, hi = eps or (defaults("gmpo").eps_low, defaults("gmpo").eps_high)
     out, g = grad_of("gmpo", logp, b, **({} if eps is None else {"eps_low": lo, "eps_high": hi}))
     vals, grads = zeros(), zeros()
     n_clip = 0
@@ -324,8 +340,7 @@ def test_vespo_length_norm_closed_form(norm, expect_log_w, adv):
     b = PolicyBatch(logp=logp, old_logp=logp.detach(), behav_logp=logp.detach() - 0.2,
                     advantages=torch.tensor([adv], dtype=torch.float64), mask=mask)
     out, g = grad_of("vespo", logp, b, length_norm=norm)
-    c1, c2 = (2.0, 3.0) if adv >= 0 else (3.0, 2.0)
-    p = gamma_phi(math.exp(expect_log_w), c1, c2)
+    p = gamma_phi(math.exp(expect_log_w), *vespo_c(adv))
     assert out.metrics["phi_mean"] == pytest.approx(p, rel=1e-12)
     assert out.loss.item() == pytest.approx(-p * adv * (-1.0 - 0.5 - 2.0 - 0.7) / 4, rel=1e-12)
     assert torch.allclose(g, torch.tensor([[-p * adv / 4] * 4 + [0.0]], dtype=torch.float64), rtol=1e-12)
@@ -339,7 +354,7 @@ def test_vespo_length_norm_ragged_batch():
         grads = zeros()
         for i in range(B):
             W = math.exp(seq_sum(i, logp, b.behav_logp) / div(LENS[i]))
-            p = gamma_phi(W, *((2.0, 3.0) if A[i] >= 0 else (3.0, 2.0)))
+            p = gamma_phi(W, *vespo_c(A[i]))
             for t in range(T):
                 grads[i][t] = -p * A[i] * d_token_mean(i, t)
         assert torch.allclose(g, torch.tensor(grads, dtype=torch.float64), rtol=1e-10)
@@ -370,7 +385,7 @@ def test_vespo_theorem_diagnostics_per_sign_group():
     logp, b = make_batch(scale=0.3, seed=5)  # A = (1, -0.5, 2): rows 0, 2 positive, row 1 negative
     out = get_method("vespo")(b)
     m = out.metrics
-    for prefix, rows, (c1, c2) in (("pos_", [0, 2], (2.0, 3.0)), ("neg_", [1], (3.0, 2.0))):
+    for prefix, rows, (c1, c2) in (("pos_", [0, 2], vespo_c(1.0)), ("neg_", [1], vespo_c(-1.0))):
         ws = [math.exp(seq_sum(i, logp, b.behav_logp)) for i in rows]
         ps = [gamma_phi(w, c1, c2) for w in ws]
         Z = sum(ps) / len(ps)

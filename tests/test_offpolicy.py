@@ -83,9 +83,43 @@ def test_bad_offpolicy_settings(bad, msg):
         build_config([bad])
 
 
-def test_moe_routing_differences_are_measured(tmp_path):
+@torch.no_grad()
+def routed_experts(model, ro):
+    """The expert set each MoE layer actually used for every attended token, read from the routers'
+    own outputs with forward hooks: {(layer, row, position): frozenset of expert ids}."""
+    routers = [mod for name, mod in model.named_modules() if name.endswith("mlp.gate")]
+    assert routers, "not a MoE model"
+    seen = []
+    hooks = [r.register_forward_hook(lambda mod, inp, out: seen.append(out[2])) for r in routers]
+    try:
+        attn = ro.attention_mask
+        model(input_ids=ro.input_ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp_min(0),
+              use_cache=False)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows, cols = attn.shape
+    return {(layer, i, t): frozenset(idx.reshape(rows, cols, -1)[i, t].tolist())
+            for layer, idx in enumerate(seen) for i in range(rows) for t in range(cols) if attn[i, t]}
+
+
+def test_moe_routing_differences_are_measured(tmp_path, monkeypatch):
+    import offpolicy_bench.trainer as trainer
+
+    expected, measured = [], trainer.moe_routing_diff
+
+    def record(engine_model, trainer_model, ro):  # the engine (bf16) and the trainer (fp32) at this step
+        a, b = routed_experts(engine_model, ro), routed_experts(trainer_model, ro)
+        assert a.keys() == b.keys()
+        expected.append(sum(a[k] != b[k] for k in a) / len(a))
+        return measured(engine_model, trainer_model, ro)
+
+    monkeypatch.setattr(trainer, "moe_routing_diff", record)
     m = run(tmp_path, "model=moe", "staleness=1", "rollout.dtype=bfloat16")
-    assert "moe_routing_diff_frac" in m and ((m.moe_routing_diff_frac >= 0) & (m.moe_routing_diff_frac <= 1)).all()
+    assert len(expected) == len(m) == 4  # one rollout batch per gradient step at N=1
+    assert m.moe_routing_diff_frac.tolist() == pytest.approx(expected, abs=1e-12)
+    m2 = run(tmp_path / "b", "model=moe", "staleness=1")  # shared engine: no gap to measure
+    assert "moe_routing_diff_frac" not in m2
     m2 = run(tmp_path / "b", "model=moe", "staleness=1")  # shared engine: no gap to measure
     assert "moe_routing_diff_frac" not in m2
 

@@ -83,8 +83,12 @@ def test_colour_table_covers_the_paper_methods_and_unknown_names_are_stable():
     assert plots.n_style(4) == plots.N_STYLES[4] and plots.n_style(3) == plots.n_style(3)
 
 
-@pytest.mark.parametrize("panel,c1,c2", [(0, 2.0, 3.0), (1, 3.0, 2.0)])
-def test_kernel_figure_phi_is_one_at_one_and_peaks_at_c1_over_c2(panel, c1, c2):
+@pytest.mark.parametrize("panel", [0, 1])  # A > 0, A < 0
+def test_kernel_figure_phi_is_one_at_one_and_peaks_at_c1_over_c2(panel):
+    from offpolicy_bench.method import get_method
+
+    vespo, clip_args, sapo = (get_method(m).args() for m in ("vespo", "token_clip", "sapo"))  # the defaults
+    c1, c2 = (vespo.c1_pos, vespo.c2_pos) if panel == 0 else (vespo.c1_neg, vespo.c2_neg)
     ax = plots.kernel_figure().axes[panel]
     lines = {ln.get_gid(): ln for ln in ax.get_lines() if ln.get_gid()}
     assert {"vespo", "token_clip", "sapo"} <= set(lines)
@@ -98,11 +102,13 @@ def test_kernel_figure_phi_is_one_at_one_and_peaks_at_c1_over_c2(panel, c1, c2):
         assert y[np.argmin(abs(x - 1.0))] == pytest.approx(1.0, abs=1e-12)
     x, clip = (np.asarray(a, dtype=float) for a in lines["token_clip"].get_data())
     if panel == 0:  # A > 0: the clip's gradient vanishes above 1 + eps_high
-        assert (clip[x > 1.28] == 0).all() and (clip[x <= 1.28] == 1).all()
+        edge = 1 + clip_args.eps_high
+        assert (clip[x > edge] == 0).all() and (clip[x <= edge] == 1).all()
     else:  # A < 0: below 1 - eps_low
-        assert (clip[x < 0.8] == 0).all() and (clip[x >= 0.8] == 1).all()
+        edge = 1 - clip_args.eps_low
+        assert (clip[x < edge] == 0).all() and (clip[x >= edge] == 1).all()
     x, gate = (np.asarray(a, dtype=float) for a in lines["sapo"].get_data())
-    tau = 1.0 if panel == 0 else 1.05
+    tau = sapo.tau_pos if panel == 0 else sapo.tau_neg
     s = 1 / (1 + np.exp(-tau * (x - 1)))
     np.testing.assert_allclose(gate, 4 * x * s * (1 - s), rtol=1e-12)
 
