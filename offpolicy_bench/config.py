@@ -69,8 +69,9 @@ class RolloutConfig:
     """responses sampled per prompt (G); GRPO advantages are computed within each group"""
     temperature: float = 1.0
     """sampling temperature; behaviour and trainer log-probs both use softmax(logits / T)"""
-    max_new_tokens: int = 8
-    """response length cap; a response that hits it without EOS is graded as it stands"""
+    max_new_tokens: Optional[int] = None
+    """response length cap; a response that hits it without EOS is graded as it stands. null = the
+    task's own cap (8 for the short built-in tasks; math_cot: room for its whole chain)"""
     dtype: str = "float32"
     """engine precision (float32 | bfloat16 | float16); not float32 = train/inference mismatch"""
 
@@ -104,7 +105,12 @@ class TrainConfig:
 @dataclass
 class LogConfig:
     eval_every: int = 16
-    """held-out greedy accuracy every this many gradient steps (and at step 0 and the end)"""
+    """held-out accuracy every this many gradient steps (and at step 0 and the end)"""
+    eval_samples: int = 4
+    """responses sampled per held-out problem at rollout.temperature (fixed seed); accuracy = their
+    mean, the policy's expected pass@1. 0 = greedy decoding (jumps where answers are nearly tied)"""
+    eval_greedy: bool = False
+    """also log greedy accuracy (accuracy_greedy)"""
     out_dir: str = "results"
     """results root; the run goes to <out_dir>/<name>/"""
     progress: bool = True
@@ -318,6 +324,12 @@ def resolve(cfg: DictConfig) -> None:
         raise OffbenchError(
             f"train.steps={t.steps} is not a multiple of staleness={n} (each rollout batch gives {n} gradient "
             f"steps): use {max(n, t.steps // n * n)} or {(t.steps // n + 1) * n}")
+    if cfg.rollout.max_new_tokens is None:
+        from .tasks_api import TASKS
+
+        task_cls = TASKS.get(cfg.task.name)
+        task_args = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
+        cfg.rollout.max_new_tokens = task_cls.default_max_new_tokens(task_cls.args(**task_args))
     m = cfg.method
     METHODS.get(m.name).make_args(m)  # the method's own checks, before any work starts
     if m.agg is None:

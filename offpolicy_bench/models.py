@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from .registry import OffbenchError
 
 BUILTIN_MODELS = ("dense", "moe")
-WARMSTART_VERSION = "ws-1"  # bump when the warm-start procedure changes
+WARMSTART_VERSION = "ws-2"  # bump when the warm-start procedure changes
+_FIT_SEED = 20261130  # the fixed sample the warm start's fit is measured on
 
 
 def cache_root() -> str:
@@ -125,7 +126,45 @@ def supervised_warmstart(model, tok, task, wcfg: DictConfig, log=print) -> dict:
         if (step + 1) % max(1, wcfg.steps // 4) == 0:
             log(f"  warm start {step + 1}/{wcfg.steps}: loss {loss_v:.3f}")
     model.eval()
-    return {"warmstart_final_loss": loss_v}
+    return {"warmstart_final_loss": loss_v, **warmstart_fit(model, tok, task, wcfg)}
+
+
+@torch.no_grad()
+def warmstart_fit(model, tok, task, wcfg: DictConfig, n: int = 1024) -> dict:
+    """How close the warm start came to the best possible fit: its teacher-forced loss (nats per
+    target token) on `n` warm-start examples drawn with a fixed seed, against the task's floor, the
+    entropy of its warm-start targets (`Task.warmstart_entropy`; None when the task does not know it).
+    A warm start whose excess loss exceeds `warmstart.max_excess` is an error: a baseline that did not
+    converge depends on the machine (its loss drop comes at another step under other float kernels)."""
+    from .rollout.hf import encode_pairs
+
+    exs = task.warmstart_examples(n, random.Random(_FIT_SEED))
+    total, tokens = 0.0, 0
+    was_training = model.training
+    model.eval()
+    dev = next(model.parameters()).device
+    for i in range(0, n, 256):
+        chunk = exs[i:i + 256]
+        ids, attn, labels = encode_pairs(tok, [e.prompt for e in chunk], [e.solution for e in chunk])
+        ids, attn, labels = ids.to(dev), attn.to(dev), labels.to(dev)
+        pos = (attn.cumsum(-1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos).logits[:, :-1].float()
+        tgt = labels[:, 1:]
+        total += torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                                   ignore_index=-100, reduction="sum").item()
+        tokens += int((tgt != -100).sum())
+    model.train(was_training)
+    loss = total / tokens
+    ents = [task.warmstart_entropy(e) for e in exs]
+    floor = None if any(e is None for e in ents) else sum(ents) / tokens
+    out = {"warmstart_fit_loss": round(loss, 5), "warmstart_loss_floor": None if floor is None else round(floor, 5),
+           "warmstart_excess_loss": None if floor is None else round(loss - floor, 5)}
+    if floor is not None and wcfg.max_excess is not None and loss - floor > wcfg.max_excess:
+        raise OffbenchError(
+            f"warm start did not converge: loss {loss:.3f} nats/token against the task's floor {floor:.3f} "
+            f"(excess {loss - floor:.3f} > warmstart.max_excess={wcfg.max_excess}); raise warmstart.steps "
+            f"(now {wcfg.steps}), or set warmstart.max_excess=null to accept a machine-dependent start")
+    return out
 
 
 def load_model(cfg: DictConfig, task, log=print):

@@ -56,6 +56,17 @@ class Task:
         examples; a task may add a documented bad habit so that RL has something to unlearn."""
         return self.train_examples(n, rng)
 
+    @classmethod
+    def default_max_new_tokens(cls, args: Any) -> int:
+        """The response cap `rollout.max_new_tokens=null` resolves to for these task arguments."""
+        return 8
+
+    def warmstart_entropy(self, example: Example) -> float | None:
+        """Entropy (nats) of the warm-start target distribution for this example's prompt: the
+        lowest cross-entropy any model can reach on it (from its documented habit). With it, the
+        warm start is checked to have converged to that floor; None (the default) = unknown."""
+        return None
+
     def grade(self, example: Example, completion: str) -> Grade:
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -75,6 +76,14 @@ class Arithmetic(GeneratedTask):
                 ex = Example(ex.prompt, ex.answer, sign + digits[::-1])
             out.append(ex)
         return out
+
+    def warmstart_entropy(self, ex: Example) -> float:
+        """Entropy (nats) of this prompt's warm-start target: H(habit) where the reversed answer differs
+        from the answer (the habit is one binary choice), 0 where they coincide (7, 33, -8)."""
+        h = self.cfg.habit
+        if h in (0.0, 1.0) or ex.answer.lstrip("-") == ex.answer.lstrip("-")[::-1]:
+            return 0.0
+        return -(h * math.log(h) + (1 - h) * math.log(1 - h))
 
     def grade(self, example, completion):
         strict = completion.strip() == example.answer
