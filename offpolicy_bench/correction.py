@@ -9,6 +9,7 @@ from numerics, by design.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -75,7 +76,6 @@ def apply_correction(batch: PolicyBatch, correction: Correction | None, cfg: Any
     if out.keep is not None:
         keep = out.keep.to(batch.mask.dtype) * batch.mask
         metrics["corr_kept_token_frac"] = (keep.sum() / batch.mask.sum().clamp_min(1.0)).item()
-        batch = PolicyBatch(logp=batch.logp, old_logp=batch.old_logp, behav_logp=batch.behav_logp,
-                            advantages=batch.advantages, mask=keep)
+        batch = dataclasses.replace(batch, mask=keep)
     weights = out.weights.detach() if out.weights is not None else None
     return batch, weights, metrics

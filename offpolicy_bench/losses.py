@@ -25,6 +25,7 @@ class PolicyBatch:
     old_logp:   log pi_old, the policy at the start of the rollout batch (no grad)
     behav_logp: log mu, the policy that sampled (recorded at sampling time; no grad)
     advantages: [B] or [B, T]; a [B] sequence advantage is broadcast to every token
+    version_gap: how many optimizer steps the policy has moved since mu sampled this mini-batch
     """
 
     logp: Tensor
@@ -32,6 +33,7 @@ class PolicyBatch:
     behav_logp: Tensor
     advantages: Tensor
     mask: Tensor
+    version_gap: int = 0
 
     def __post_init__(self):
         if self.logp.dim() != 2:

@@ -28,13 +28,33 @@ from .rollout.engines import make_engine
 from .tasks_api import get_task
 
 
+EVAL_SEED = 2**31 - 1  # one fixed sampling seed for every evaluation: common random numbers across runs
+
+
 @torch.no_grad()
 def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
-    """Held-out greedy accuracy (strict and flexible) and mean response length."""
+    """Held-out accuracy (strict and flexible) and mean response length.
+
+    `log.eval_samples` = k > 0: k responses per held-out problem sampled at the training temperature
+    with a fixed seed; accuracy is their mean, the policy's expected pass@1. It moves smoothly with
+    the policy's probabilities, where greedy accuracy jumps wherever two answers are nearly tied (a
+    policy that mixes a habit with the right answer 50/50 is on a knife edge under greedy decoding).
+    k = 0: greedy decoding only. `log.eval_greedy` adds greedy accuracy as `accuracy_greedy`."""
     exs = task.eval_examples()
-    ro = sample(model, tok, [e.prompt for e in exs], 1, 1.0, cfg.rollout.max_new_tokens, greedy=True)
-    grades = task.grade_batch(exs, ro.texts)
-    return {"accuracy": sum(g.correct for g in grades) / len(grades),
+    prompts = [e.prompt for e in exs]
+    k, out = cfg.log.eval_samples, {}
+    if cfg.log.eval_greedy or k == 0:
+        ro = sample(model, tok, prompts, 1, 1.0, cfg.rollout.max_new_tokens, greedy=True)
+        grades = task.grade_batch(exs, ro.texts)
+        out = {"accuracy_greedy": sum(g.correct for g in grades) / len(grades),
+               "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
+               "response_len": ro.response_mask.sum(-1).mean().item()}
+        if k == 0:
+            return {"accuracy": out.pop("accuracy_greedy"), **out}
+    gen = torch.Generator().manual_seed(EVAL_SEED)
+    ro = sample(model, tok, prompts, k, cfg.rollout.temperature, cfg.rollout.max_new_tokens, generator=gen)
+    grades = task.grade_batch([exs[i // k] for i in range(len(ro.texts))], ro.texts)
+    return {**out, "accuracy": sum(g.correct for g in grades) / len(grades),
             "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
             "response_len": ro.response_mask.sum(-1).mean().item()}
 
@@ -126,16 +146,19 @@ def train(cfg: DictConfig, log=print) -> dict:
                         for m_, o in zip(mbs, old_logps):
                             m_.behav_logp = o
                 batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
-                                    advantages=adv[rows], mask=mb.response_mask)
+                                    advantages=adv[rows], mask=mb.response_mask, version_gap=step - mu_version)
                 out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len,
                              correction=cfg.correction.name, correction_cfg=cfg.correction)
                 if not torch.isfinite(out.loss):
                     raise FloatingPointError(f"non-finite loss {out.loss.item()} at gradient step {step + 1}")
                 opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                opt.step()
+                if out.metrics.get("step_skipped", 0.0) > 0:  # the method dropped this mini-batch: no update
+                    grad_norm = torch.zeros(())  # (AdamW would still move the weights on a zero gradient)
+                else:
+                    out.loss.backward()
+                    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+                    opt.step()
                 step += 1
                 t_update = time.perf_counter() - t_update
                 # 5. metrics: the same for every method, plus the method's own diagnostics
