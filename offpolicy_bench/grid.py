@@ -27,9 +27,9 @@ from omegaconf import OmegaConf
 
 from .config import build_config, config_hash, parse_overrides
 from .registry import OffbenchError
-from .results import atomic_write, atomic_write_parquet
+from .results import atomic_write, atomic_write_parquet, git_commit
 
-GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project"}  # grid options, not run config
+GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project", "allow_dirty"}  # grid options, not run config
 EXECUTORS = ("local", "ray")
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
@@ -69,7 +69,8 @@ def check_options(options: dict[str, str]) -> dict:
             raise OffbenchError("executor=ray needs Ray: pip install \"offpolicy-bench[ray]\" (or executor=local)")
     return {"jobs": jobs, "executor": executor, "ray_address": address or None,
             "dry_run": _flag("dry_run", options.get("dry_run", "false")),
-            "project": _flag("project", options.get("project", "true"))}
+            "project": _flag("project", options.get("project", "true")),
+            "allow_dirty": _flag("allow_dirty", options.get("allow_dirty", "false"))}
 
 
 def _split_list(value: str) -> list[str] | None:
@@ -235,6 +236,10 @@ def run_grid(overrides: list[str], log=print) -> str:
         if opts["project"]:
             project([cfg for _, cfg, _ in todo], jobs, threads, log)
         return grid_dir
+    commit = git_commit()
+    if commit and commit.endswith("-dirty") and not opts["allow_dirty"]:
+        raise OffbenchError(f"the working tree of {commit[:12]} has uncommitted changes, so no cell could say which "
+                            f"code produced it: commit them first, or add allow_dirty=true (recorded as -dirty)")
     os.makedirs(os.path.join(grid_dir, "cells"), exist_ok=True)
     _write_grid_meta(grid_dir, overrides, swept)
     _warm_starts([cfg for _, cfg, _ in todo])
@@ -369,6 +374,7 @@ def collect(grid_dir: str, swept: list[str] | None = None) -> None:
         row = {"run_id": rid, "status": run.get("status"), "error": run.get("error"),
                "wall_time_s": run.get("wall_time_s"), "peak_rss_mb": run.get("peak_rss_mb"), "git_commit": run.get("git_commit"),
                "task_version": run.get("task_version"), "agg": run.get("agg"),
+               "warmstart_key": run.get("warmstart_key"), "warmstart_excess_loss": run.get("warmstart_excess_loss"),
                "versions": json.dumps(run.get("versions", {}), sort_keys=True)}
         cfg_path = os.path.join(d, "config.yaml")
         if os.path.isfile(cfg_path):

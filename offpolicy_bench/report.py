@@ -22,7 +22,7 @@ CORE_COLUMNS = {"method", "staleness", "seed", "task", "model"}
 ALIAS_COLUMNS = {"model.name", "task.name", "method.name", "correction.name"}
 # runs.parquet bookkeeping columns: never a variant
 META_COLUMNS = {"run_id", "status", "error", "wall_time_s", "git_commit", "task_version", "agg", "versions",
-                "peak_rss_mb"}
+                "peak_rss_mb", "warmstart_key", "warmstart_excess_loss"}
 # always present in runs.parquet; a variant only when they actually vary in the grid
 KNOB_COLUMNS = {"lag": "lag", "correction": "correction", "rollout_dtype": "rollout.dtype"}
 

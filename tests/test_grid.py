@@ -11,12 +11,12 @@ import time
 import pandas as pd
 import pytest
 
-from conftest import GRID_TINY, offbench
+from conftest import GRID_OPTS, GRID_TINY, offbench
 from offpolicy_bench import OffbenchError
 from offpolicy_bench.config import build_config, config_hash
 from offpolicy_bench.grid import expand
 
-GRID = ["method=[token_clip,vespo]", "staleness=[1,2]", "seed=[0,1]", *GRID_TINY]
+GRID = ["method=[token_clip,vespo]", "staleness=[1,2]", "seed=[0,1]", *GRID_TINY, *GRID_OPTS]
 
 
 def test_expand_product_and_options():
@@ -85,7 +85,7 @@ def test_grid_killed_with_sigkill_resumes_to_every_cell_once(tmp_path):
 
 def test_failed_cell_is_recorded_and_does_not_stop_others(tmp_path):
     # model=<missing dir> fails in every cell that uses it; the dense cells still finish
-    r = offbench("grid", "model=[dense,/no/such/model]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=f", "jobs=2")
+    r = offbench("grid", "model=[dense,/no/such/model]", *GRID_TINY, *GRID_OPTS, f"log.out_dir={tmp_path}", "name=f", "jobs=2")
     assert r.returncode == 0, r.stderr
     runs = pd.read_parquet(tmp_path / "f" / "runs.parquet")
     assert sorted(runs.status) == ["failed", "finished"]
@@ -137,7 +137,7 @@ def test_mean_ci_closed_form():
 
 
 def test_dry_run_lists_cells_and_projects_wall_time(tmp_path):
-    r = offbench("grid", "method=[token_clip,vespo]", "seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=d",
+    r = offbench("grid", "method=[token_clip,vespo]", "seed=[0,1]", *GRID_TINY, *GRID_OPTS, f"log.out_dir={tmp_path}", "name=d",
                  "--dry-run")
     assert r.returncode == 0, r.stderr
     assert "4 cells over method, seed" in r.stdout
@@ -156,6 +156,7 @@ def test_dry_run_lists_cells_and_projects_wall_time(tmp_path):
     ("jobs=x", r"jobs='x' is not a whole number"), ("jobs=0", r"jobs=0 must be >= 1"), ("jobs=-3", r"jobs=-3"),
     ("executor=lcoal", r"executor='lcoal': choose local or ray"), ("executor=", r"executor='': choose"),
     ("ray_address=auto", r"ray_address= is for executor=ray"), ("project=nah", r"project=true or project=false"),
+    ("allow_dirty=maybe", r"allow_dirty=true or allow_dirty=false"),
 ])
 def test_grid_options_are_checked_before_any_work(tmp_path, monkeypatch, bad, message):
     import offpolicy_bench.grid as grid
@@ -202,7 +203,7 @@ def test_preset_variants_multiply_the_product_and_build_distinct_configs():
 def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "offbench")
     args = [a for a in GRID_TINY if not a.startswith("train.steps")] + ["train.steps=400"]
-    p = subprocess.Popen([exe, "grid", "seed=[0,1]", *args, f"log.out_dir={tmp_path}", "name=t", "jobs=2"],
+    p = subprocess.Popen([exe, "grid", "seed=[0,1]", *args, *GRID_OPTS, f"log.out_dir={tmp_path}", "name=t", "jobs=2"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 120
     workers = []
@@ -219,3 +220,23 @@ def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
     time.sleep(1.0)
     alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
     assert not alive, f"orphaned workers {alive}"
+
+
+def test_grid_on_a_dirty_tree_refuses_to_start_unless_allowed(tmp_path, monkeypatch):
+    """Provenance: a cell run from uncommitted code could not say which code produced it."""
+    import offpolicy_bench.grid as grid
+
+    started = []
+    monkeypatch.setattr(grid, "git_commit", lambda: "0123456789abcdef-dirty")
+    monkeypatch.setattr(grid, "_warm_starts", lambda cfgs: started.append(cfgs))
+    with pytest.raises(OffbenchError) as e:
+        grid.run_grid(["seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=g"])
+    assert "uncommitted changes" in str(e.value) and "allow_dirty=true" in str(e.value)
+    assert not started and not (tmp_path / "g").exists()
+    grid.run_grid(["seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=g", "dry_run=true",
+                   "project=false"])  # lists the cells, runs nothing: allowed
+    assert not started
+    monkeypatch.setattr(grid, "git_commit", lambda: "0123456789abcdef")
+    monkeypatch.setattr(grid, "_run_local", lambda *a: started.append(a) or {})
+    grid.run_grid(["seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=g"])  # a clean tree starts
+    assert len(started) == 2
