@@ -46,8 +46,9 @@ class ModelConfig:
 
 @dataclass
 class WarmStartConfig:
-    steps: int = 1200
-    """supervised steps on the task's reference answers before RL (0 = start RL from the raw model)"""
+    steps: Optional[int] = None
+    """supervised steps on the task's reference answers before RL (0 = start RL from the raw model);
+    null = the task's default, enough for the built-in models to reach the task's loss floor"""
     batch_size: int = 64
     """examples per supervised step"""
     lr: float = 3e-3
@@ -291,7 +292,7 @@ def resolve(cfg: DictConfig) -> None:
               "rollout.group_size", "rollout.temperature", "rollout.max_new_tokens", "optim.lr",
               "log.eval_every", "warmstart.batch_size", "model.hidden_size", "model.num_layers",
               "model.num_heads", "model.num_kv_heads")
-    if cfg.warmstart.steps < 0:
+    if cfg.warmstart.steps is not None and cfg.warmstart.steps < 0:
         raise OffbenchError(f"warmstart.steps must be >= 0, got {cfg.warmstart.steps}")
     if cfg.lag < 0:
         raise OffbenchError(f"lag must be >= 0 optimizer steps, got {cfg.lag}")
@@ -324,12 +325,15 @@ def resolve(cfg: DictConfig) -> None:
         raise OffbenchError(
             f"train.steps={t.steps} is not a multiple of staleness={n} (each rollout batch gives {n} gradient "
             f"steps): use {max(n, t.steps // n * n)} or {(t.steps // n + 1) * n}")
-    if cfg.rollout.max_new_tokens is None:
+    if cfg.rollout.max_new_tokens is None or cfg.warmstart.steps is None:
         from .tasks_api import TASKS
 
         task_cls = TASKS.get(cfg.task.name)
-        task_args = {k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}
-        cfg.rollout.max_new_tokens = task_cls.default_max_new_tokens(task_cls.args(**task_args))
+        task_args = task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"})
+        if cfg.rollout.max_new_tokens is None:
+            cfg.rollout.max_new_tokens = task_cls.default_max_new_tokens(task_args)
+        if cfg.warmstart.steps is None:
+            cfg.warmstart.steps = task_cls.default_warmstart_steps(task_args)
     m = cfg.method
     METHODS.get(m.name).make_args(m)  # the method's own checks, before any work starts
     if m.agg is None:

@@ -61,6 +61,11 @@ class Task:
         """The response cap `rollout.max_new_tokens=null` resolves to for these task arguments."""
         return 8
 
+    @classmethod
+    def default_warmstart_steps(cls, args: Any) -> int:
+        """The supervised warm-start length `warmstart.steps=null` resolves to for these arguments."""
+        return 1200
+
     def warmstart_entropy(self, example: Example) -> float | None:
         """Entropy (nats) of the warm-start target distribution for this example's prompt: the
         lowest cross-entropy any model can reach on it (from its documented habit). With it, the
