@@ -8,6 +8,7 @@ a `version`, stamped into results, bumped whenever grading or data generation ch
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -108,6 +109,11 @@ class GeneratedTask(Task):
 
     def eval_examples(self):
         return list(self._eval)
+
+
+def binary_entropy(p: float) -> float:
+    """H(p) in nats: the entropy of one habit-or-not choice made with probability p."""
+    return 0.0 if p in (0.0, 1.0) else -(p * math.log(p) + (1 - p) * math.log(1 - p))
 
 
 TASKS: Registry[type] = Registry("task")

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from offpolicy_bench.registry import OffbenchError
 from offpolicy_bench.sandbox import Job, Limits, encode
-from offpolicy_bench.tasks_api import Example, GeneratedTask, Grade, register_task
+from offpolicy_bench.tasks_api import Example, GeneratedTask, Grade, binary_entropy, register_task
 
 from . import GradeCache, run_jobs
 
@@ -114,7 +114,7 @@ class SyntheticCode(GeneratedTask):
             desc = ", ".join(f"{fn}({i})={a * i + b}" for i in range(3))
             ref, habit = f"{a}*{v}+{b}", f"{b}*{v}+{a}"
         prompt = f"# {desc}\ndef {fn}({params}):\n    return "
-        return Example(prompt=prompt, answer=ref, solution=ref, meta={"params": params, "fn": fn}), habit
+        return Example(prompt=prompt, answer=ref, solution=ref, meta={"params": params, "fn": fn, "habit": habit}), habit
 
     def problem(self, rng: random.Random) -> Example:
         return self._problem(rng)[0]
@@ -129,6 +129,11 @@ class SyntheticCode(GeneratedTask):
                 ex = Example(ex.prompt, ex.answer, habit, ex.meta)
             out.append(ex)
         return out
+
+    def warmstart_entropy(self, ex: Example) -> float:
+        """Entropy (nats) of this prompt's warm-start target: H(habit) where the habit expression is
+        really wrong on the hidden inputs (then it replaces the reference with probability habit), else 0."""
+        return 0.0 if self._passes_reference(ex, ex.meta["habit"]) else binary_entropy(self.cfg.habit)
 
     # -------------------------------------------------------------- grading
     def _inputs(self, ex: Example) -> list[list]:

@@ -17,16 +17,14 @@ depends on every carry decision of the response, and RL has a habit to unlearn a
 from __future__ import annotations
 
 import dataclasses
-import math
 import random
 from dataclasses import dataclass
 from typing import Optional
 
 from offpolicy_bench.registry import OffbenchError
-from offpolicy_bench.tasks_api import Example, GeneratedTask, Grade, register_task
+from offpolicy_bench.tasks_api import Example, GeneratedTask, Grade, binary_entropy, register_task
 
 MAX_DIGITS = 16
-_H = lambda p: 0.0 if p in (0.0, 1.0) else -(p * math.log(p) + (1 - p) * math.log(1 - p))  # noqa: E731
 
 
 @dataclass(frozen=True)
@@ -122,7 +120,7 @@ class ChainOfThoughtSum(GeneratedTask):
             expected += p_carry
             # carry in and kept (prob p_carry (1-h)): s+1 >= 10; otherwise (dropped or none): s >= 10
             p_carry = p_carry * (1 - self.cfg.habit) * (s + 1 >= 10) + (1 - p_carry * (1 - self.cfg.habit)) * (s >= 10)
-        return expected * _H(self.cfg.habit)
+        return expected * binary_entropy(self.cfg.habit)
 
     def grade(self, example, completion):
         text = completion.strip()
