@@ -24,7 +24,7 @@ def test_readme_has_two_setup_commands_and_ci_runs_them():
     for part in install.split(" && "):
         assert part.replace(". .venv/bin/activate", ". .venv/bin/activate") in ci, part
     assert test_cmd.split(" && ")[-1] in ci.splitlines()
-    assert "offbench run method=vespo task=math staleness=16" in install_run
+    assert "offbench run method=vespo task=math_cot staleness=16" in install_run
 
 
 def test_template_method_is_not_registered():
