@@ -9,15 +9,12 @@ import torch
 
 
 def default_model(extra: list[str] | None = None):
-    from omegaconf import OmegaConf
-
     from offpolicy_bench.config import build_config
     from offpolicy_bench.models import load_model
-    from offpolicy_bench.tasks_api import get_task
+    from offpolicy_bench.tasks_api import build_task
 
     cfg = build_config(["log.progress=false", *(extra or [])])
-    task_cls = get_task(cfg.task.name)
-    task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+    task = build_task(cfg)
     model, tok, _ = load_model(cfg, task, log=lambda m: None)
     return cfg, model.eval(), tok, task
 

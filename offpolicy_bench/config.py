@@ -326,14 +326,13 @@ def resolve(cfg: DictConfig) -> None:
             f"train.steps={t.steps} is not a multiple of staleness={n} (each rollout batch gives {n} gradient "
             f"steps): use {max(n, t.steps // n * n)} or {(t.steps // n + 1) * n}")
     if cfg.rollout.max_new_tokens is None or cfg.warmstart.steps is None:
-        from .tasks_api import TASKS
+        from .tasks_api import get_task, task_args
 
-        task_cls = TASKS.get(cfg.task.name)
-        task_args = task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"})
+        task_cls, args = get_task(cfg.task.name), task_args(cfg)
         if cfg.rollout.max_new_tokens is None:
-            cfg.rollout.max_new_tokens = task_cls.default_max_new_tokens(task_args)
+            cfg.rollout.max_new_tokens = task_cls.default_max_new_tokens(args)
         if cfg.warmstart.steps is None:
-            cfg.warmstart.steps = task_cls.default_warmstart_steps(task_args)
+            cfg.warmstart.steps = task_cls.default_warmstart_steps(args)
     m = cfg.method
     METHODS.get(m.name).make_args(m)  # the method's own checks, before any work starts
     if m.agg is None:

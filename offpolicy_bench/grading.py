@@ -358,17 +358,14 @@ def grade_file(task_name: str, task_overrides: list[str], completions_path: str,
     `task_overrides`: `key=value` of the task's arguments (with or without the `task.` prefix)."""
     from .config import build_config
     from .registry import OffbenchError
-    from .tasks_api import get_task
-
-    from omegaconf import OmegaConf
+    from .tasks_api import build_task
 
     k_list = list(k_list)
     _check_ks(k_list)
     _check_paths(completions_path, out_path)
     overrides = [f"task={task_name}"] + [o if o.startswith("task.") else f"task.{o}" for o in task_overrides]
     cfg = build_config(overrides)
-    cls = get_task(task_name)
-    task = cls(cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+    task = build_task(cfg)
     exs = task.eval_examples()
     by_prompt = {e.prompt: i for i, e in enumerate(exs)}
     by_id = {e.meta.get("task_id"): i for i, e in enumerate(exs) if e.meta.get("task_id") is not None}

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-from .registry import Registry
+from .registry import OffbenchError, Registry
 
 
 @dataclass(frozen=True)
@@ -74,12 +74,39 @@ class Task:
         return None
 
     def grade(self, example: Example, completion: str) -> Grade:
-        raise NotImplementedError
+        """One completion's grade. A task overrides `grade` or `grade_batch` (or both); this default
+        grades a batch of one."""
+        if type(self).grade_batch is Task.grade_batch:
+            raise NotImplementedError(f"task {self.name!r} must override grade or grade_batch")
+        return self.grade_batch([example], [completion])[0]
 
     def grade_batch(self, examples: list[Example], completions: list[str]) -> list[Grade]:
         """Grade many completions at once (same results as `grade` one by one). Tasks whose grader
         has a start-up cost (a sandbox, worker processes) override it to run them in parallel."""
         return [self.grade(e, c) for e, c in zip(examples, completions)]
+
+
+class FixedSetTask(Task):
+    """A task over a fixed list of problems (a file, a package's data): `_hold_out` sets aside `size` of
+    them by a seeded draw (all of them when size is the whole list); training draws from the rest."""
+
+    def _hold_out(self, exs: list[Example], size: int, seed: int) -> None:
+        order = list(range(len(exs)))
+        if size < len(exs):
+            random.Random(seed).shuffle(order)
+        held = set(order[:size])
+        self._eval = [e for i, e in enumerate(exs) if i in held]
+        self._train = [e for i, e in enumerate(exs) if i not in held]
+        self.size = {"train": len(self._train), "eval": len(self._eval)}
+
+    def train_examples(self, n, rng):
+        if not self._train:
+            raise OffbenchError(f"{self.name}: every problem is held out; set task.eval_size below "
+                                f"{len(self._eval)} to train on the rest")
+        return [rng.choice(self._train) for _ in range(n)]
+
+    def eval_examples(self):
+        return list(self._eval)
 
 
 class GeneratedTask(Task):
@@ -131,3 +158,16 @@ def get_task(name: str) -> type:
 
     plugins.load_builtin()
     return TASKS.get(name)
+
+
+def task_args(cfg) -> Any:
+    """The typed arguments of the task a run config names (`task.*` keys, without `name`)."""
+    from omegaconf import OmegaConf
+
+    return get_task(cfg.task.name).args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"})
+
+
+def build_task(cfg) -> Task:
+    """The task a run config names, built from its typed arguments: the one construction every
+    caller (trainer, grid, grading, benchmarks) uses."""
+    return get_task(cfg.task.name)(task_args(cfg))

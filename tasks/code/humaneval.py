@@ -12,12 +12,11 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import random
 from dataclasses import dataclass
 
 from offpolicy_bench.registry import OffbenchError
 from offpolicy_bench.sandbox import Job, Limits
-from offpolicy_bench.tasks_api import Example, Grade, Task, register_task
+from offpolicy_bench.tasks_api import Example, FixedSetTask, Grade, register_task
 
 from . import fenced_code, run_jobs, truncate_at_stops
 
@@ -52,7 +51,7 @@ class HumanEvalArgs:
 
 
 @register_task
-class HumanEval(Task):
+class HumanEval(FixedSetTask):
     """Complete the body of a documented Python function; reward 1 iff its hidden tests pass."""
 
     name = "humaneval"
@@ -70,23 +69,8 @@ class HumanEval(Task):
                for p in probs]
         if not 0 < args.eval_size <= len(exs):
             raise OffbenchError(f"task.eval_size must be in [1, {len(exs)}], got {args.eval_size}")
-        order = list(range(len(exs)))
-        if args.eval_size < len(exs):
-            random.Random(args.eval_seed).shuffle(order)
-        held = set(order[:args.eval_size])
-        self._eval = [e for i, e in enumerate(exs) if i in held]
-        self._train = [e for i, e in enumerate(exs) if i not in held]
+        self._hold_out(exs, args.eval_size, args.eval_seed)
         self._limits = Limits(timeout_s=args.timeout_s, memory_mb=args.memory_mb)
-        self.size = {"train": len(self._train), "eval": len(self._eval)}
-
-    def train_examples(self, n, rng):
-        if not self._train:
-            raise OffbenchError("humaneval: every problem is held out; set task.eval_size below 164 to train "
-                                "on the rest")
-        return [rng.choice(self._train) for _ in range(n)]
-
-    def eval_examples(self):
-        return list(self._eval)
 
     @staticmethod
     def job(example: Example, body: str, limits: Limits | None = None) -> Job:
@@ -99,9 +83,6 @@ class HumanEval(Task):
         if code is not None and f"def {example.meta['entry_point']}(" in code:
             return "\n" + code  # a whole function: it replaces the prompt's stub
         return truncate_at_stops(completion)
-
-    def grade(self, example, completion):
-        return self.grade_batch([example], [completion])[0]
 
     def grade_batch(self, examples, completions):
         jobs, where = [], []

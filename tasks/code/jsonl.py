@@ -20,13 +20,12 @@ import base64
 import io
 import json
 import pickle
-import random
 import zlib
 from dataclasses import dataclass
 
 from offpolicy_bench.registry import OffbenchError
 from offpolicy_bench.sandbox import Job, Limits, decode
-from offpolicy_bench.tasks_api import Example, Grade, Task, register_task
+from offpolicy_bench.tasks_api import Example, FixedSetTask, Grade, register_task
 
 from . import decode_str, fenced_code, run_jobs, same_stdout
 
@@ -108,7 +107,7 @@ def _jsonish(v):
 
 
 @register_task
-class CodeFile(Task):
+class CodeFile(FixedSetTask):
     """Write a whole program for a statement; hidden assert / stdin / functional tests in the sandbox."""
 
     name = "code_file"
@@ -131,14 +130,8 @@ class CodeFile(Task):
         size = args.eval_size or n
         if not 0 < size <= n:
             raise OffbenchError(f"task.eval_size must be in [0, {n}], got {args.eval_size}")
-        order = list(range(n))
-        if size < n:
-            random.Random(args.eval_seed).shuffle(order)
-        held = set(order[:size])
-        self._eval = [e for i, e in enumerate(exs) if i in held]
-        self._train = [e for i, e in enumerate(exs) if i not in held]
+        self._hold_out(exs, size, args.eval_seed)
         self._limits = Limits(timeout_s=args.timeout_s, memory_mb=args.memory_mb)
-        self.size = {"train": len(self._train), "eval": len(self._eval)}
 
     def _example(self, row: dict, n: int) -> Example:
         a = self.cfg
@@ -172,14 +165,6 @@ class CodeFile(Task):
         solution = _get(row, a.solution_key) or ""
         return Example(prompt=prompt, answer=str(meta["task_id"]), solution=solution, meta=meta)
 
-    def train_examples(self, n, rng):
-        if not self._train:
-            raise OffbenchError("code_file: every problem is held out; set task.eval_size to train on the rest")
-        return [rng.choice(self._train) for _ in range(n)]
-
-    def eval_examples(self):
-        return list(self._eval)
-
     def job(self, example: Example, program: str) -> Job:
         m = example.meta
         if m["kind"] == "assert":
@@ -211,9 +196,6 @@ class CodeFile(Task):
                 except ValueError:
                     return False
         return True
-
-    def grade(self, example, completion):
-        return self.grade_batch([example], [completion])[0]
 
     def grade_batch(self, examples, completions):
         jobs, where = [], []

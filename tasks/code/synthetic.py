@@ -155,9 +155,6 @@ class SyntheticCode(GeneratedTask):
         alt = Example(ex.prompt, expr, expr, ex.meta)
         return self._expected(alt) == self._expected(ex)
 
-    def grade(self, example, completion):
-        return self.grade_batch([example], [completion])[0]
-
     def grade_batch(self, examples, completions):
         """One sandboxed process per distinct (prompt, completion); strict = the completion as written,
         flexible = only its first line (the expression)."""

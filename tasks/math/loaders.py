@@ -168,9 +168,6 @@ class MathFile(Task):
     def eval_examples(self):
         return list(self._eval)
 
-    def grade(self, example, completion):
-        return self.grade_batch([example], [completion])[0]
-
     def grade_batch(self, examples, completions):
         a = self.cfg
         res = grade_math(list(completions), [e.answer for e in examples], a.answer_format, a.verify_workers,
