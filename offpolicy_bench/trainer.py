@@ -1,4 +1,6 @@
-"""THE training loop. Setup -> train -> cleanup; read it top to bottom.
+"""THE training loop. Setup -> train -> cleanup; `train` at the bottom reads top to bottom, its
+phases (sample_rollout_batch, pi_old_logprobs, first_minibatch_pi_old, update, step_metrics) are the
+named functions above it.
 
 One rollout batch = N mini-batches (N = staleness). All of it is sampled by the current policy mu,
 then the mini-batches are updated one after another, so mini-batch i is trained when the policy is
@@ -15,17 +17,17 @@ import random
 import time
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from .config import config_hash
 from .losses import PolicyBatch, grpo_advantages, masked_mean, offpolicy_diagnostics
 from .method import get_method
 from .models import load_model
 from .offpolicy import WeightRing, engine_gap, moe_routing_diff
-from .results import RunWriter
+from .results import RunWriter, record_from_config
 from .rollout import sample, sequence_logprobs
 from .rollout.engines import make_engine
-from .tasks_api import get_task
+from .tasks_api import build_task
 
 
 EVAL_SEED = 2**31 - 1  # one fixed sampling seed for every evaluation: common random numbers across runs
@@ -59,12 +61,88 @@ def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
             "response_len": ro.response_mask.sum(-1).mean().item()}
 
 
+def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, gen, device):
+    """Phases 1-2: the whole rollout batch, sampled by the behaviour policy mu (the current policy, or
+    the one `lag` optimizer steps back, in the engine's dtype; log mu recorded at sampling time),
+    graded, with GRPO group advantages (rows grouped G per prompt). Returns
+    (mu_version, rollout, grades, rewards, advantages)."""
+    mu_version = step
+    if not engine.shares_trainer:
+        mu_version, weights = ring.take(step)
+        engine.load(weights)
+    model.eval()
+    g = cfg.rollout.group_size
+    exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
+    ro = engine.sample(tok, [e.prompt for e in exs], g, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
+                       generator=gen)
+    ro = ro.to(device)  # an engine may return its rollout elsewhere (vLLM: CPU tensors)
+    grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
+    rewards = torch.tensor([gr.reward for gr in grades], device=device)
+    adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
+    return mu_version, ro, grades, rewards, adv
+
+
+def pi_old_logprobs(model, mbs, temperature, bypass):
+    """Phase 3: log pi_old of every mini-batch, pi_old = the trainer's policy before any update of this
+    rollout batch. Mini-batches 1.. get one no-grad pass now; mini-batch 0's slot stays None, filled by
+    `first_minibatch_pi_old` from its own training forward. Bypass mode (own engine): pi_old = mu."""
+    if bypass:
+        return [mb.behav_logp for mb in mbs]
+    with torch.no_grad():
+        return [None] + [sequence_logprobs(model, mb, temperature)[0] for mb in mbs[1:]]
+
+
+def first_minibatch_pi_old(logp, mbs, old_logps, shares_trainer) -> dict[str, float]:
+    """The mini-batch-0 invariant. Mini-batch 0 is trained before any update, so its pi_old IS its own
+    training forward (detached): no extra pass. Once all pi_old are known, |log mu - log pi_old| (engine
+    numerics, plus lag) is measured; and an engine that shares the trainer's module has no engine gap by
+    construction, so its mu is overwritten with these same trainer passes (the sampler's numbers differ
+    by float summation order only, which is what engine_gap_* logs). Mutates old_logps[0] and, for a
+    shared engine, every mini-batch's behav_logp; returns the engine-gap metrics."""
+    old_logps[0] = logp.detach()
+    gap = engine_gap(mbs, old_logps)
+    if shares_trainer:
+        for mb, old in zip(mbs, old_logps):
+            mb.behav_logp = old
+    return gap
+
+
+def update(cfg, method, batch, model, opt, step):
+    """Phase 4: one gradient step of the method on one mini-batch. Returns (method output, grad norm).
+    A method that drops the mini-batch (metric step_skipped) gets no optimizer step: AdamW would still
+    move the weights on a zero gradient."""
+    out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len,
+                 correction=cfg.correction.name, correction_cfg=cfg.correction)
+    if not torch.isfinite(out.loss):
+        raise FloatingPointError(f"non-finite loss {out.loss.item()} at gradient step {step + 1}")
+    opt.zero_grad(set_to_none=True)
+    if out.metrics.get("step_skipped", 0.0) > 0:
+        return out, torch.zeros(())
+    out.loss.backward()
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return out, grad_norm
+
+
+def step_metrics(batch, out, mb, rewards, adv, grades, ent, grad_norm, *, version_gap, t_update, t_rollout):
+    """Phase 5: the metrics every method logs alike, then the method's own diagnostics."""
+    return {"reward": rewards.mean().item(), "accuracy": sum(x.correct for x in grades) / len(grades),
+            "accuracy_flexible": sum(x.flexible for x in grades) / len(grades),
+            "response_len": mb.response_mask.sum(-1).mean().item(),
+            "truncated_frac": mb.truncated.float().mean().item(),
+            "zero_adv_frac": (adv == 0).float().mean().item(),
+            "entropy": masked_mean(ent, mb.response_mask).item(), "loss": out.loss.item(),
+            "grad_norm": grad_norm.item(), "version_gap": float(version_gap),
+            "time_update_s": t_update, "time_step_s": t_update + t_rollout,
+            **offpolicy_diagnostics(batch), **out.metrics}
+
+
 def train(cfg: DictConfig, log=print) -> dict:
     # ------------------------------------------------------------------ setup
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    task_cls = get_task(cfg.task.name)
-    task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+    task = build_task(cfg)
     model, tok, model_info = load_model(cfg, task, log)
     model.to(cfg.device)
     device = next(model.parameters()).device
@@ -76,9 +154,8 @@ def train(cfg: DictConfig, log=print) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay)
     run_id = config_hash(cfg)
-    writer = RunWriter(cfg, run_id, {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name,
-                                     "task_version": task.version, "model": cfg.model.name,
-                                     "staleness": cfg.staleness, "lag": cfg.lag, "seed": cfg.seed, **model_info})
+    identity = record_from_config(cfg)  # the run record's core, knobs and aggregation mode
+    writer = RunWriter(cfg, run_id, {**identity, "task_version": task.version, **model_info})
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
     prompt_rng = random.Random(cfg.seed)
@@ -99,79 +176,35 @@ def train(cfg: DictConfig, log=print) -> dict:
     stop = _GracefulStop()  # Ctrl-C: stop after the current step (a second Ctrl-C: at once)
 
     # ------------------------------------------------------------------ train
+    error = None
     try:
         for _ in range(total // n):
-            # 1. sample the whole rollout batch with the behaviour policy mu (the current policy, or
-            #    the one `lag` optimizer steps back, in the engine's dtype); log mu recorded now
             t_rollout = time.perf_counter()
-            mu_version = step
-            if not engine.shares_trainer:
-                mu_version, weights = ring.take(step)
-                engine.load(weights)
-            model.eval()
-            exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
-            ro = engine.sample(tok, [e.prompt for e in exs], g, temp, cfg.rollout.max_new_tokens, generator=gen)
-            ro = ro.to(device)  # an engine may return its rollout elsewhere (vLLM: CPU tensors)
-            # 2. grade, GRPO group advantages (rows are grouped G per prompt)
-            grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
-            rewards = torch.tensor([gr.reward for gr in grades], device=device)
-            adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
-            # 3. split into N mini-batches. pi_old = the trainer's policy before any update: mini-batch 0
-            #    is trained before any update, so its pi_old is its own training forward (detached);
-            #    mini-batches 1.. get one no-grad pass now (bypass mode with its own engine: pi_old = mu).
-            #    An engine sharing the trainer's module has no engine gap: mu is taken from these same
-            #    passes (the sampler's numbers differ by summation order only, logged as engine_gap_*)
+            mu_version, ro, grades, rewards, adv = sample_rollout_batch(cfg, task, model, tok, engine, ring, step,
+                                                                        prompt_rng, gen, device)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
             bypass = cfg.correction_mode == "bypass" and not engine.shares_trainer
-            if bypass:
-                old_logps = [mb.behav_logp for mb in mbs]
-            else:
-                with torch.no_grad():
-                    old_logps = [None] + [sequence_logprobs(model, mb, temp)[0] for mb in mbs[1:]]
+            old_logps = pi_old_logprobs(model, mbs, temp, bypass)
             gap = {}
             routing = None if engine.shares_trainer else moe_routing_diff(getattr(engine, "model", None), model, mbs[0])
             if routing is not None:
                 gap["moe_routing_diff_frac"] = routing
             t_rollout = time.perf_counter() - t_rollout  # sampling, grading, pi_old: shared by the N steps
-            # 4. update on each mini-batch in turn: mini-batch i is i policy versions stale
+            # update on each mini-batch in turn: mini-batch i is i policy versions stale
             model.train()
             for i, mb in enumerate(mbs):
                 t_update = time.perf_counter()
                 rows = slice(i * mb_rows, (i + 1) * mb_rows)
                 logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True)
                 if i == 0 and not bypass:
-                    old_logps[0] = logp.detach()
-                    gap.update(engine_gap(mbs, old_logps))  # |log mu - log pi_old|: engine numerics (+ lag)
-                    if engine.shares_trainer:
-                        for m_, o in zip(mbs, old_logps):
-                            m_.behav_logp = o
+                    gap.update(first_minibatch_pi_old(logp, mbs, old_logps, engine.shares_trainer))
                 batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
                                     advantages=adv[rows], mask=mb.response_mask, version_gap=step - mu_version)
-                out = method(batch, cfg.method, agg=cfg.method.agg, agg_norm_len=cfg.method.agg_norm_len,
-                             correction=cfg.correction.name, correction_cfg=cfg.correction)
-                if not torch.isfinite(out.loss):
-                    raise FloatingPointError(f"non-finite loss {out.loss.item()} at gradient step {step + 1}")
-                opt.zero_grad(set_to_none=True)
-                if out.metrics.get("step_skipped", 0.0) > 0:  # the method dropped this mini-batch: no update
-                    grad_norm = torch.zeros(())  # (AdamW would still move the weights on a zero gradient)
-                else:
-                    out.loss.backward()
-                    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-                    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-                    opt.step()
+                out, grad_norm = update(cfg, method, batch, model, opt, step)
                 step += 1
                 t_update = time.perf_counter() - t_update
-                # 5. metrics: the same for every method, plus the method's own diagnostics
-                gr = grades[rows]
-                last = {"reward": rewards[rows].mean().item(), "accuracy": sum(x.correct for x in gr) / len(gr),
-                        "accuracy_flexible": sum(x.flexible for x in gr) / len(gr),
-                        "response_len": mb.response_mask.sum(-1).mean().item(),
-                        "truncated_frac": mb.truncated.float().mean().item(),
-                        "zero_adv_frac": (adv[rows] == 0).float().mean().item(),
-                        "entropy": masked_mean(ent, mb.response_mask).item(), "loss": out.loss.item(),
-                        "grad_norm": grad_norm.item(), "version_gap": float(step - 1 - mu_version),
-                        "time_update_s": t_update, "time_step_s": t_update + t_rollout / n,
-                        **offpolicy_diagnostics(batch), **out.metrics}
+                last = step_metrics(batch, out, mb, rewards[rows], adv[rows], grades[rows], ent, grad_norm,
+                                    version_gap=step - 1 - mu_version, t_update=t_update, t_rollout=t_rollout / n)
                 last.update(gap)
                 writer.log(step, "train", last)
                 ring.maybe_store(step, model)
@@ -189,19 +222,17 @@ def train(cfg: DictConfig, log=print) -> dict:
         status = "interrupted"
         raise
     except Exception as e:
-        status = "failed"
-        writer.run["error"] = f"{type(e).__name__}: {e}"
+        status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     # ------------------------------------------------------------------ cleanup
     finally:
         stop.restore()
         bar.close()
-        summary = {"method": cfg.method.name, "agg": cfg.method.agg, "task": cfg.task.name, "model": cfg.model.name,
-                   "staleness": n, "lag": cfg.lag, "seed": cfg.seed, "steps_done": step, "eval_accuracy_start": first_eval,
+        summary = {**identity, "steps_done": step, "eval_accuracy_start": first_eval,
                    "eval_accuracy_final": last_eval, "eval_accuracy_best": best_eval,
                    "final_kl_mu_pi": last.get("kl_mu_pi"), "final_abs_log_w": last.get("abs_log_w_mean"),
                    "train_time_s": round(time.time() - t_start, 1)}
-        writer.finish(status, summary)
+        writer.finish(status, summary, error=error)
         log(f"{status}: eval accuracy {first_eval:.3f} -> {last_eval:.3f} (best {best_eval:.3f}) "
             f"after {step} gradient steps; results in {writer.dir}")
     return {**summary, "status": status, "dir": writer.dir}
