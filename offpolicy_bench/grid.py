@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from .config import build_config, config_hash, parse_overrides
 from .registry import OffbenchError
-from .results import atomic_write, atomic_write_parquet, git_commit
+from .results import atomic_write, atomic_write_parquet, git_commit, record_columns, run_record
 
 GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project", "allow_dirty"}  # grid options, not run config
 EXECUTORS = ("local", "ray")
@@ -91,7 +91,12 @@ def _preset(name: str):
     if not os.path.isfile(path):
         have = sorted(f[:-5] for f in os.listdir(PRESETS) if f.endswith(".yaml"))
         raise OffbenchError(f"unknown preset {name!r}; presets: {', '.join(have)}")
-    return OmegaConf.load(path)
+    preset = OmegaConf.load(path)
+    unknown = set(preset.keys()) - {"overrides", "variants"}
+    if unknown:
+        raise OffbenchError(f"preset {name!r} has unknown keys {sorted(unknown)}: a preset holds overrides and "
+                            f"optionally variants")
+    return preset
 
 
 def preset_overrides(name: str) -> list[str]:
@@ -191,7 +196,7 @@ def run_cell(overrides: list[str], threads: int) -> dict:
 def _warm_starts(cfgs) -> None:
     """Build each distinct warm start once, before the cells run in parallel (no duplicate work)."""
     from .models import load_model
-    from .tasks_api import get_task
+    from .tasks_api import build_task
 
     seen = set()
     for cfg in cfgs:
@@ -199,8 +204,7 @@ def _warm_starts(cfgs) -> None:
         if key in seen or cfg.model.name not in ("dense", "moe") or not cfg.warmstart.cache:
             continue
         seen.add(key)
-        task_cls = get_task(cfg.task.name)
-        task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+        task = build_task(cfg)
         load_model(cfg, task, log=lambda m: print(f"  {m}", file=sys.stderr))
 
 
@@ -371,20 +375,16 @@ def collect(grid_dir: str, swept: list[str] | None = None) -> None:
             run = json.load(open(os.path.join(d, "run.json")))
         except (OSError, ValueError):
             continue  # a cell that never started writing: not a row
-        row = {"run_id": rid, "status": run.get("status"), "error": run.get("error"),
-               "wall_time_s": run.get("wall_time_s"), "peak_rss_mb": run.get("peak_rss_mb"), "git_commit": run.get("git_commit"),
-               "task_version": run.get("task_version"), "agg": run.get("agg"),
-               "warmstart_key": run.get("warmstart_key"), "warmstart_excess_loss": run.get("warmstart_excess_loss"),
-               "versions": json.dumps(run.get("versions", {}), sort_keys=True)}
         cfg_path = os.path.join(d, "config.yaml")
-        if os.path.isfile(cfg_path):
-            cfg = OmegaConf.load(cfg_path)
-            row.update({"method": cfg.method.name, "task": cfg.task.name, "model": cfg.model.name,
-                        "staleness": cfg.staleness, "lag": cfg.lag, "seed": cfg.seed,
-                        "correction": cfg.correction.name, "rollout_dtype": cfg.rollout.dtype})
-            for key in swept:
-                val = OmegaConf.select(cfg, key if key not in ("method", "task", "correction", "model") else
-                                       f"{key}.name")
+        cfg = OmegaConf.load(cfg_path) if os.path.isfile(cfg_path) else None
+        row = run_record(cfg, {**run, "run_id": rid})
+        if cfg is not None:
+            schema_keys = {k for role in ("core", "knob") for k in record_columns(role).values()}
+            for key in swept:  # a swept key the record does not hold already (e.g. optim.lr) is a column
+                sel = f"{key}.name" if key in ("method", "task", "correction", "model") else key
+                if sel in schema_keys:
+                    continue
+                val = OmegaConf.select(cfg, sel)
                 row[key] = val if not OmegaConf.is_config(val) else json.dumps(OmegaConf.to_container(val))
         runs.append(row)
         mpath = os.path.join(d, "metrics.parquet")
@@ -444,10 +444,9 @@ def project(cfgs, jobs: int, threads: int, log=print) -> dict:
             m = pd.read_parquet(os.path.join(d, "probe", "metrics.parquet"))
             step_s = float(m[m.metric == "time_step_s"].sort_values("step").value.iloc[1:].median())
         from .models import load_model
-        from .tasks_api import get_task
+        from .tasks_api import build_task
 
-        task_cls = get_task(cfg.task.name)
-        task = task_cls(task_cls.args(**{k: v for k, v in OmegaConf.to_container(cfg.task).items() if k != "name"}))
+        task = build_task(cfg)
         model, tok, _ = load_model(cfg, task, log=lambda m: None)
         t0 = time.time()
         evaluate(model, tok, task, cfg)

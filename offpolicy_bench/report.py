@@ -15,16 +15,16 @@ import numpy as np
 import pandas as pd
 
 from .registry import OffbenchError
+from .results import record_columns
 from .stats import COLLAPSE_FRACTION, ENDPOINTS, Endpoints, contrast, endpoints, mde, pooled_sd, t_interval
 
-CORE_COLUMNS = {"method", "staleness", "seed", "task", "model"}
-# the same keys as swept in a grid (model=[...] is stored as model.name): never a variant
-ALIAS_COLUMNS = {"model.name", "task.name", "method.name", "correction.name"}
+CORE_COLUMNS = set(record_columns("core"))
+# how a swept core or knob key can appear in older grids (model=[...] stored as model.name): never a variant
+ALIAS_COLUMNS = {k for role in ("core", "knob") for c, k in record_columns(role).items() if k != c}
 # runs.parquet bookkeeping columns: never a variant
-META_COLUMNS = {"run_id", "status", "error", "wall_time_s", "git_commit", "task_version", "agg", "versions",
-                "peak_rss_mb", "warmstart_key", "warmstart_excess_loss"}
+META_COLUMNS = set(record_columns("meta"))
 # always present in runs.parquet; a variant only when they actually vary in the grid
-KNOB_COLUMNS = {"lag": "lag", "correction": "correction", "rollout_dtype": "rollout.dtype"}
+KNOB_COLUMNS = record_columns("knob")
 
 
 def _is_null(v) -> bool:
@@ -45,10 +45,7 @@ def variant_columns(runs: pd.DataFrame) -> list:
     """Swept columns other than method / staleness / seed / task / model, in table order: runs
     that differ in one of them are different series, never seeds of one mean."""
     cols = [c for c in runs.columns if c not in CORE_COLUMNS | ALIAS_COLUMNS | META_COLUMNS | set(KNOB_COLUMNS)]
-    for c, dotted in KNOB_COLUMNS.items():
-        if c in runs.columns and dotted not in runs.columns and runs[c].astype(str).nunique() > 1:
-            cols.append(c)
-    return cols
+    return cols + [c for c in KNOB_COLUMNS if c in runs.columns and runs[c].astype(str).nunique() > 1]
 
 
 def variant_label(row, vcols: list) -> str:

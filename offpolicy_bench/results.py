@@ -9,6 +9,7 @@ results/<name>/
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -23,6 +24,60 @@ from omegaconf import DictConfig, OmegaConf
 from .registry import OffbenchError
 
 METRIC_COLUMNS = ["step", "split", "metric", "value"]
+
+
+def _col(role: str, key: str | None = None):
+    return dataclasses.field(default=None, metadata={"role": role, "key": key})
+
+
+@dataclasses.dataclass
+class RunRecord:
+    """One row of runs.parquet, and what every run records about itself. The single schema the
+    trainer's run.json / summary.json, `grid.collect` and `report`'s column sets are derived from:
+    adding a knob is adding one field here, with its role and the config key it is read from.
+
+    core: the axes of every table (never a variant); knob: recorded for every run, a separate series
+    in reports wherever it varies within a grid; meta: bookkeeping, never a variant."""
+
+    method: str = _col("core", "method.name")
+    task: str = _col("core", "task.name")
+    model: str = _col("core", "model.name")
+    staleness: int = _col("core", "staleness")
+    seed: int = _col("core", "seed")
+    lag: int = _col("knob", "lag")
+    correction: str = _col("knob", "correction.name")
+    rollout_dtype: str = _col("knob", "rollout.dtype")
+    agg: str = _col("meta", "method.agg")  # the aggregation mode actually used (method default or override)
+    run_id: str = _col("meta")
+    status: str = _col("meta")
+    error: str = _col("meta")
+    wall_time_s: float = _col("meta")
+    peak_rss_mb: float = _col("meta")
+    git_commit: str = _col("meta")
+    task_version: str = _col("meta")
+    versions: str = _col("meta")  # JSON of package versions
+    warmstart_key: str = _col("meta")
+    warmstart_excess_loss: float = _col("meta")
+
+
+def record_columns(role: str) -> dict[str, str | None]:
+    """{column: config key} of the RunRecord fields with this role (core | knob | meta)."""
+    return {f.name: f.metadata["key"] for f in dataclasses.fields(RunRecord) if f.metadata["role"] == role}
+
+
+def record_from_config(cfg: DictConfig) -> dict:
+    """The RunRecord fields a resolved config determines (core, knobs, and agg)."""
+    return {f.name: OmegaConf.select(cfg, f.metadata["key"]) for f in dataclasses.fields(RunRecord)
+            if f.metadata["key"] is not None}
+
+
+def run_record(cfg: DictConfig | None, run: dict) -> dict:
+    """A full runs.parquet row from a run folder's config and run.json (config wins where both say)."""
+    row = {f.name: run.get(f.name) for f in dataclasses.fields(RunRecord)}
+    row["versions"] = json.dumps(run.get("versions", {}), sort_keys=True)
+    if cfg is not None:
+        row.update(record_from_config(cfg))
+    return row
 
 
 def _umask_mode() -> int:
@@ -138,6 +193,3 @@ class RunWriter:
         line = json.dumps({"run_id": self.run["run_id"], "status": status, **summary})
         atomic_write(os.path.join(self.dir, "summary.json"), (line + "\n").encode())
 
-
-def read_metrics(run_dir: str) -> pd.DataFrame:
-    return pd.read_parquet(os.path.join(run_dir, "metrics.parquet"))

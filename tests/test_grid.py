@@ -176,8 +176,8 @@ def test_grid_options_are_checked_before_any_work(tmp_path, monkeypatch, bad, me
 def test_presets_expand_and_unknown_preset_is_clear():
     from offpolicy_bench.grid import expand
 
-    _, cells, swept = expand(["preset=paper-cpu"])  # the full comparison: 4 x 4 x 2 x 2 x 3
-    assert swept == ["method", "staleness", "model.name", "task", "seed"] and len(cells) == 192
+    _, cells, swept = expand(["preset=paper-cpu"])  # the full comparison: 4 x 4 x 2 x 2 x 8 seeds
+    assert swept == ["method", "staleness", "model.name", "task", "seed"] and len(cells) == 512
     _, cells, swept = expand(["preset=paper-cpu", "seed=[0]", "model=dense", "task=math"])  # later keys win
     assert swept == ["method", "staleness", "seed"] and len(cells) == 16
     assert all("model.name=dense" in c and "optim.lr=2e-4" in c for c in cells)
@@ -185,11 +185,23 @@ def test_presets_expand_and_unknown_preset_is_clear():
         expand(["preset=nope"])
 
 
+def test_every_shipped_preset_loads_and_unknown_preset_keys_are_errors(tmp_path, monkeypatch):
+    import offpolicy_bench.grid as grid
+
+    for f in sorted(os.listdir(grid.PRESETS)):
+        _, cells, _ = expand([f"preset={f[:-5]}"])
+        build_config(cells[0])  # every cell of every preset is a valid run config
+    (tmp_path / "typo.yaml").write_text("overrides: [seed=0]\nvariant: [[seed=1]]\n")
+    monkeypatch.setattr(grid, "PRESETS", str(tmp_path))
+    with pytest.raises(OffbenchError, match=r"preset 'typo' has unknown keys \['variant'\]"):
+        expand(["preset=typo"])
+
+
 def test_preset_variants_multiply_the_product_and_build_distinct_configs():
     from offpolicy_bench.grid import expand
 
     _, cells, swept = expand(["preset=paper-cpu-ablation"])
-    assert len(cells) == 3 * 5  # seeds x (3 length norms + 2 symmetric kernels)
+    assert len(cells) == 8 * 5  # seeds x (3 length norms + 2 symmetric kernels)
     assert swept[:2] == ["seed", "method.length_norm"] and "method.c1_neg" in swept and "method.c2_pos" in swept
     cfgs = [build_config(c) for c in cells if "seed=0" in c]
     kernels = [(c.method.length_norm, c.method.c1_pos, c.method.c2_pos, c.method.c1_neg, c.method.c2_neg) for c in cfgs]

@@ -1,0 +1,48 @@
+"""One run-record schema (results.RunRecord): run.json, summary.json, runs.parquet and report's column
+sets all come from it, so a knob added there cannot be forgotten in one of them."""
+
+import dataclasses
+import json
+
+import pandas as pd
+
+from conftest import TINY
+from offpolicy_bench import report
+from offpolicy_bench.cli import main
+from offpolicy_bench.results import RunRecord, record_columns
+
+
+def test_report_column_sets_are_the_schema_roles():
+    fields = {f.name: f.metadata["role"] for f in dataclasses.fields(RunRecord)}
+    assert report.CORE_COLUMNS == {n for n, r in fields.items() if r == "core"}
+    assert report.META_COLUMNS == {n for n, r in fields.items() if r == "meta"}
+    assert set(report.KNOB_COLUMNS) == {n for n, r in fields.items() if r == "knob"}
+    assert report.CORE_COLUMNS == {"method", "task", "model", "staleness", "seed"}
+
+
+def test_a_knob_that_varies_splits_report_rows_and_a_constant_one_does_not():
+    base = {"method": "vespo", "task": "math", "model": "dense", "staleness": 4, "lag": 0,
+            "rollout_dtype": "float32", "run_id": "x", "status": "finished"}
+    runs = pd.DataFrame([{**base, "seed": s, "correction": c} for s in (0, 1) for c in ("none", "token_tis")])
+    assert report.variant_columns(runs) == ["correction"]  # never pooled as if they were seeds
+    assert report.variant_columns(runs[runs.correction == "none"]) == []
+
+
+def test_run_json_and_summary_carry_every_config_field_of_the_record(tmp_path):
+    assert main(["run", "method=token_clip", "staleness=2", "correction=token_tis", *TINY,
+                 f"log.out_dir={tmp_path}", "name=r"]) == 0
+    run = json.load(open(tmp_path / "r" / "run.json"))
+    summary = json.loads(open(tmp_path / "r" / "summary.json").read())
+    keyed = {f.name for f in dataclasses.fields(RunRecord) if f.metadata["key"] is not None}
+    assert keyed <= set(run) and keyed <= set(summary)
+    assert (run["correction"], summary["correction"], run["staleness"], run["agg"]) == \
+        ("token_tis", "token_tis", 2, "token-mean")
+    assert set(record_columns("knob")) == {"lag", "correction", "rollout_dtype"}
+
+
+def test_grid_tables_hold_the_record_and_only_extra_swept_keys(tiny_grid):
+    runs = pd.read_parquet(tiny_grid / "runs.parquet")
+    record = {f.name for f in dataclasses.fields(RunRecord)}
+    # the grid swept method, staleness and seed: all three are record fields, so no extra column
+    assert set(runs.columns) == record
+    assert runs.warmstart_key.notna().all() and (runs.status == "finished").all()
