@@ -15,6 +15,8 @@ class MyArgs:
     """what this knob does, with the paper's default"""
 
 
+# optional, for figures: color="#rrggbb" (else a stable colour from the name) and
+# curve=WeightCurve(weight=..., label=...) to appear in the kernel figure (see methods/vespo.py)
 @register_method("my_method", args=MyArgs, default_agg="token-mean", ratio="behaviour", level="token",
                  equation="Paper, Eq. N")
 def my_method(batch, args):

@@ -15,7 +15,7 @@ class CISPOArgs:
 
 
 @register_method("cispo", args=CISPOArgs, default_agg="token-mean", ratio="old", level="token",
-                 equation="MiniMax-M1 Eq. 4-5 (CISPO)")
+                 equation="MiniMax-M1 Eq. 4-5 (CISPO)", color="#9467bd")
 def cispo(batch, args):
     """CISPO: REINFORCE with a clipped, detached token IS weight (MiniMax-M1, arXiv 2506.13585).
 

@@ -11,7 +11,8 @@ class DropStaleArgs:
 
 
 @register_method("drop_stale", args=DropStaleArgs, default_agg="token-mean", ratio="none", level="token",
-                 equation="control: bounded staleness (AReaL max_head_offpolicyness, SkyRL/TRL max_staleness)")
+                 equation="control: bounded staleness (AReaL max_head_offpolicyness, SkyRL/TRL max_staleness)",
+                 color="#7f7f7f")
 def drop_stale(batch, args):
     """Control: the plain policy gradient on data at most `max_gap` versions old; staler data is discarded.
 

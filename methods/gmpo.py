@@ -15,7 +15,7 @@ class GMPOArgs:
 
 
 @register_method("gmpo", args=GMPOArgs, default_agg="seq-mean-token-mean", ratio="old", level="sequence",
-                 equation="GMPO (geometric-mean policy optimisation; SCIENCE.md Methods 9)")
+                 equation="GMPO (geometric-mean policy optimisation; SCIENCE.md Methods 9)", color="#17becf")
 def gmpo(batch, args):
     """GMPO: PPO-style clipping of the geometric mean of the token ratios.
 

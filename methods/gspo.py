@@ -15,7 +15,7 @@ class GSPOArgs:
 
 
 @register_method("gspo", args=GSPOArgs, default_agg="seq-mean-token-mean", ratio="old", level="sequence",
-                 equation="VESPO paper Eq. 8 (GSPO, token form)")
+                 equation="VESPO paper Eq. 8 (GSPO, token form)", color="#2ca02c")
 def gspo(batch, args):
     """GSPO: PPO-style clipping of the length-normalised sequence ratio (paper Eq. 8).
 

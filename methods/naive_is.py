@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import torch
 
 from offpolicy_bench.losses import LOG_RATIO_CLAMP, clamp_log, ess, seq_log_ratio
-from offpolicy_bench.method import register_method
+from offpolicy_bench.method import WeightCurve, register_method
 
 
 @dataclass(frozen=True)
@@ -12,8 +12,11 @@ class NaiveISArgs:
     """|log W| bound before exp(), for numerics only (verl's 20); the clamp rate is reported"""
 
 
+CURVE = WeightCurve(weight=lambda args, w, positive: w, label=lambda a, pos: "naive IS: W (unbounded)",
+                    style=(":", 1.2))
+
 @register_method("naive_is", args=NaiveISArgs, default_agg="token-mean", ratio="behaviour", level="sequence",
-                 equation="VESPO paper Eq. 3 (sequence-level IS)")
+                 equation="VESPO paper Eq. 3 (sequence-level IS)", color="#8c564b", curve=CURVE)
 def naive_is(batch, args):
     """Plain sequence-level importance sampling against the behaviour policy (paper Eq. 3).
 

@@ -9,7 +9,7 @@ class OnPolicyArgs:
 
 
 @register_method("on_policy", args=OnPolicyArgs, default_agg="token-mean", ratio="none", level="token",
-                 equation="control: no correction (plain policy gradient, GPG)")
+                 equation="control: no correction (plain policy gradient, GPG)", color="#4d4d4d")
 def on_policy(batch, args):
     """Plain policy gradient (GPG / REINFORCE with a group baseline), no off-policy correction.
 

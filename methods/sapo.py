@@ -3,7 +3,7 @@ from dataclasses import dataclass
 import torch
 
 from offpolicy_bench.losses import clamp_log, masked_mean
-from offpolicy_bench.method import register_method
+from offpolicy_bench.method import WeightCurve, register_method
 
 
 @dataclass(frozen=True)
@@ -14,8 +14,18 @@ class SAPOArgs:
     """gate temperature for tokens with A <= 0 (SAPO paper 1.05; sharper, so A<0 is damped faster)"""
 
 
+def _gate(args, w, positive):
+    import numpy as np
+
+    s = 1.0 / (1.0 + np.exp(-(args.tau_pos if positive else args.tau_neg) * (w - 1.0)))
+    return 4.0 * w * s * (1.0 - s)
+
+
+CURVE = WeightCurve(weight=_gate, label=lambda a, pos: f"SAPO gate 4 r s(1-s), tau={a.tau_pos if pos else a.tau_neg:g}",
+                    style=("--", 1.8))
+
 @register_method("sapo", args=SAPOArgs, default_agg="token-mean", ratio="old", level="token",
-                 equation="SAPO soft gate (SCIENCE.md Methods 6)")
+                 equation="SAPO soft gate (SCIENCE.md Methods 6)", color="#ff7f0e", curve=CURVE)
 def sapo(batch, args):
     """SAPO: a smooth sigmoid gate on the token ratio instead of a hard clip.
 

@@ -15,7 +15,7 @@ class SeqClipArgs:
 
 
 @register_method("seq_clip", args=SeqClipArgs, default_agg="token-mean", ratio="behaviour", level="sequence",
-                 equation="VESPO paper App. A (sequence-level truncated IS)")
+                 equation="VESPO paper App. A (sequence-level truncated IS)", color="#bcbd22")
 def seq_clip(batch, args):
     """Sequence-level truncated IS: the hard-clip counterpart of VESPO's soft kernel (paper App. A).
 

@@ -4,7 +4,7 @@ from typing import Optional
 import torch
 
 from offpolicy_bench.losses import clamp_log, masked_mean
-from offpolicy_bench.method import register_method
+from offpolicy_bench.method import WeightCurve, register_method
 
 
 @dataclass(frozen=True)
@@ -17,8 +17,21 @@ class TokenClipArgs:
     """dual clip for A < 0: loss capped at -c*A (verl default 3.0); null disables it"""
 
 
+def _clip_weight(args, w, positive):
+    """The clipped surrogate's gradient weight: 1 inside the band, 0 where the ratio is clipped on A's side."""
+    import numpy as np
+
+    return np.where(w <= 1 + args.eps_high, 1.0, 0.0) if positive else np.where(w >= 1 - args.eps_low, 1.0, 0.0)
+
+
+CURVE = WeightCurve(
+    weight=_clip_weight,
+    label=lambda a, pos: f"hard clip (token_clip): 1, zero {'above 1+' if pos else 'below 1-'}"
+                         f"{a.eps_high if pos else a.eps_low:g}",
+    knots=lambda a, pos: [1 - a.eps_low, 1 + a.eps_high], style=("-", 1.6), steps=True)
+
 @register_method("token_clip", args=TokenClipArgs, default_agg="token-mean", ratio="old", level="token",
-                 equation="VESPO paper Eq. 7 (PPO/GRPO clipped surrogate)")
+                 equation="VESPO paper Eq. 7 (PPO/GRPO clipped surrogate)", color="#1f77b4", curve=CURVE)
 def token_clip(batch, args):
     """PPO/GRPO token-level clipped surrogate with DAPO clip-higher and optional dual clip.
 

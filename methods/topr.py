@@ -13,7 +13,7 @@ class TOPRArgs:
 
 
 @register_method("topr", args=TOPRArgs, default_agg="token-mean", ratio="behaviour", level="sequence",
-                 equation="TOPR (Tapered Off-Policy REINFORCE; SCIENCE.md Methods 8)")
+                 equation="TOPR (Tapered Off-Policy REINFORCE; SCIENCE.md Methods 8)", color="#e377c2")
 def topr(batch, args):
     """TOPR: no IS weight on positive samples, truncated sequence IS on negative ones.
 

@@ -2,9 +2,9 @@ from dataclasses import dataclass
 
 import torch
 
-from offpolicy_bench.kernels import bound_terms, kernel_diagnostics, kernel_K, log_gamma_kernel
+from offpolicy_bench.kernels import bound_terms, kernel_diagnostics, kernel_K, kernel_peak, log_gamma_kernel
 from offpolicy_bench.losses import clamp_log, seq_log_ratio
-from offpolicy_bench.method import register_method
+from offpolicy_bench.method import WeightCurve, register_method
 from offpolicy_bench.registry import OffbenchError
 
 LENGTH_NORMS = ("none", "lin", "sqrt")
@@ -28,8 +28,29 @@ class VespoArgs:
             raise OffbenchError(f"vespo: length_norm={self.length_norm!r} is not one of {', '.join(LENGTH_NORMS)}")
 
 
+def _phi(args, w, positive):
+    import numpy as np
+
+    c1, c2 = (args.c1_pos, args.c2_pos) if positive else (args.c1_neg, args.c2_neg)
+    with np.errstate(divide="ignore"):
+        log_w = torch.tensor(np.log(w), dtype=torch.float64)
+    return torch.exp(log_gamma_kernel(log_w, c1, c2)).numpy()  # the same log-space function the loss uses
+
+
+def _cs(args, positive):
+    return (args.c1_pos, args.c2_pos) if positive else (args.c1_neg, args.c2_neg)
+
+
+def _peak_mark(args, positive):
+    w, phi = kernel_peak(*_cs(args, positive))
+    return w, phi, f"phi peak at W = c1/c2 = {w:.2f}\nphi_max = {phi:.2f}"
+
+
+CURVE = WeightCurve(weight=_phi, label=lambda a, pos: "VESPO phi(W), (c1,c2)=({:g},{:g})".format(*_cs(a, pos)),
+                    knots=lambda a, pos: [kernel_peak(*_cs(a, pos))[0]], mark=_peak_mark, style=("-", 2.2))
+
 @register_method("vespo", args=VespoArgs, default_agg="token-mean", ratio="behaviour", level="sequence",
-                 equation="VESPO paper Eq. 20")
+                 equation="VESPO paper Eq. 20", color="#d62728", curve=CURVE)
 def vespo(batch, args):
     """VESPO: sequence weight W = pi_theta(y|x)/mu(y|x) reshaped by the gamma kernel.
 

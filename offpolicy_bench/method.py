@@ -28,6 +28,26 @@ class MethodOutput:
     agg: str  # aggregation mode used
 
 
+@dataclass(frozen=True)
+class WeightCurve:
+    """What the kernel figure draws for a method: its gradient weight on A * grad log pi as a function
+    of its importance ratio, for A > 0 (`positive`) and A < 0. Carried by the registration, so figures
+    draw every registered method that has one and the core never names a method.
+
+    weight(args, w, positive) -> weight at each ratio in the numpy array w
+    label(args, positive) -> legend text
+    knots(args, positive) -> ratios the curve must be evaluated at exactly (kinks, peaks)
+    mark(args, positive) -> (w, weight, text) of a point to annotate, or None
+    """
+
+    weight: Callable[[Any, Any, bool], Any]
+    label: Callable[[Any, bool], str]
+    knots: Callable[[Any, bool], list] = lambda args, positive: []
+    mark: Callable[[Any, bool], Any] = lambda args, positive: None
+    style: tuple = ("-", 1.6)  # line style and width
+    steps: bool = False  # a step function (drawn with drawstyle steps-mid)
+
+
 @dataclass
 class Method:
     name: str
@@ -39,6 +59,8 @@ class Method:
     equation: str
     origin: str
     doc: str = ""
+    color: str | None = None  # its colour in every figure (None: a stable colour from its name)
+    curve: WeightCurve | None = None  # its gradient weight vs ratio for the kernel figure
 
     def make_args(self, cfg: Any = None, **overrides) -> Any:
         """Build this method's args from its defaults, a mapping/dataclass `cfg`, and overrides.
@@ -91,8 +113,10 @@ class NoArgs:
 
 
 def register_method(name: str, *, args: type = NoArgs, default_agg: str = "token-mean",
-                    ratio: str, level: str, equation: str):
-    """Decorator: register a method function under `name` with its typed defaults."""
+                    ratio: str, level: str, equation: str, color: str | None = None,
+                    curve: WeightCurve | None = None):
+    """Decorator: register a method function under `name` with its typed defaults; `color` and `curve`
+    are what figures need to draw it (optional)."""
     if default_agg not in AGG_MODES:
         raise OffbenchError(f"method {name!r}: default_agg {default_agg!r} not in {AGG_MODES}")
     if ratio not in RATIO_VS or level not in LEVELS:
@@ -101,7 +125,7 @@ def register_method(name: str, *, args: type = NoArgs, default_agg: str = "token
     def deco(fn):
         origin = f"{fn.__module__}.{fn.__qualname__}"
         METHODS.add(name, Method(name, fn, args, default_agg, ratio, level, equation, origin,
-                                 (fn.__doc__ or "").strip()), origin)
+                                 (fn.__doc__ or "").strip(), color, curve), origin)
         return fn
 
     return deco

@@ -7,14 +7,14 @@
     plots.plot_all("results/my-grid")        # every applicable figure -> <grid>/figures/
 
 Figures (SCIENCE.md "Figures users regenerate"):
-  kernel_figure     VESPO's phi(W) vs the hard clip (token_clip) and SAPO's gate, A > 0 and A < 0
+  kernel_figure     every registered method's gradient weight vs its ratio (its registration's curve)
   reward_vs_step    train reward vs gradient step, a panel per method, a line per staleness N
   metric_grid       rows N x columns reward / eval accuracy / length / KL(mu||pi) / entropy / loss
   accuracy_vs_n     final eval accuracy vs N (log2 axis), 95% CI over seeds (report.mean_ci)
   ablation_figure   eval accuracy and reward vs step per variant of the swept non-core knobs
 
-Conventions: one fixed colour per method (METHOD_COLORS, a deterministic fallback for other
-names), one fixed line style per N (N_STYLES), a line is the mean over seeds and its band the
+Conventions: one fixed colour per method (the colour its registration carries, a deterministic
+fallback for other names), one fixed line style per N (N_STYLES), a line is the mean over seeds and its band the
 min-max over seeds, train curves use a trailing moving average whose window is in the title
 (SMOOTH_MAX at most; none for short runs). In reward_vs_step, where one panel holds one method's
 N lines, those lines are also a dark-to-light ramp of the method's colour (darker = smaller N).
@@ -45,19 +45,7 @@ from .registry import OffbenchError
 from .report import _variant_name, load_grid, mean_ci, series_labels, variant_columns
 
 # ---------------------------------------------------------------- fixed styles
-METHOD_COLORS = {
-    "on_policy": "#4d4d4d",   # dark grey: the reference point
-    "token_clip": "#1f77b4",  # blue (GRPO / PPO clip)
-    "naive_is": "#8c564b",    # brown
-    "gspo": "#2ca02c",        # green
-    "vespo": "#d62728",       # red
-    "sapo": "#ff7f0e",        # orange
-    "cispo": "#9467bd",       # purple
-    "topr": "#e377c2",        # pink
-    "gmpo": "#17becf",        # cyan
-    "seq_clip": "#bcbd22",    # olive
-}
-# dark, desaturated tones that stay apart from the ten fixed colours above
+# dark, desaturated tones for methods whose registration names no colour (and names not registered)
 _FALLBACK_COLORS = ["#393b79", "#8c6d31", "#7b4173", "#00665e", "#6b6ecf", "#843c39", "#5c5c00", "#a55194"]
 
 N_STYLES = {1: "-", 2: "--", 4: "-.", 8: ":", 16: (0, (6, 1.5)), 32: (0, (3, 1, 1, 1, 1, 1)),
@@ -70,8 +58,8 @@ SMOOTH_MAX = 10  # the moving-average window grows with the run length up to thi
 LABELS = {
     "step": "gradient step",
     "reward": "train reward (mean per response)",
-    "eval_accuracy": "eval accuracy (greedy, held-out)",
-    "final_accuracy": "final eval accuracy (greedy, held-out)",
+    "eval_accuracy": "eval accuracy (held-out; sampled pass@1, greedy if log.eval_samples=0)",
+    "final_accuracy": "final eval accuracy (held-out; sampled pass@1, greedy if log.eval_samples=0)",
     "response_len": "response length (tokens)",
     "kl_mu_pi": "KL(mu||pi) per token (k3)",
     "entropy": "entropy (nats/token)",
@@ -91,10 +79,19 @@ BAND_NOTE = "line: mean over seeds, band: min-max over seeds"
 PLOTTED_METRICS = {metric for _, metric, _, _ in GRID_PANELS} | {"reward", "accuracy"}
 
 
+def _registered() -> dict:
+    from .method import METHODS
+    from .plugins import load_builtin
+
+    load_builtin()
+    return dict(METHODS.items())
+
+
 def method_color(method: str) -> str:
-    """The method's fixed colour; unknown names get a stable colour from a hash of the name."""
-    if method in METHOD_COLORS:
-        return METHOD_COLORS[method]
+    """The colour the method's registration carries; others get a stable colour from a hash of the name."""
+    m = _registered().get(method)
+    if m is not None and m.color:
+        return m.color
     return _FALLBACK_COLORS[zlib.crc32(str(method).encode()) % len(_FALLBACK_COLORS)]
 
 
@@ -181,8 +178,8 @@ def _series_styles(g: Grid) -> dict:
 
 
 def _series_order(g: Grid) -> list:
-    """Series in the order of METHOD_COLORS (unknown methods last), variants alphabetically."""
-    known = list(METHOD_COLORS)
+    """Series in registry order (methods not registered here last), variants alphabetically."""
+    known = list(_registered())
     method_of = dict(zip(g.runs.series, g.runs.method))
     return sorted(method_of, key=lambda s: (known.index(method_of[s]) if method_of[s] in known else len(known),
                                             method_of[s], s))
@@ -299,61 +296,40 @@ def _footer(fig, *notes):
 
 
 # ---------------------------------------------------------------- figures
-def kernel_figure(c=None, eps=None, tau=None) -> Figure:
-    """phi(W) for A > 0 and A < 0 over W in [0, 3] against token_clip's and SAPO's effective weight.
-
-    Defaults come from the methods' own argument dataclasses (VESPO (2,3)/(3,2), clip eps 0.2/0.28,
-    SAPO tau 1.0/1.05); phi is computed with the same log-space function the method uses."""
-    import torch
-
-    from .kernels import kernel_peak, log_gamma_kernel
-    from .methods.sapo import SAPOArgs
-    from .methods.token_clip import TokenClipArgs
-    from .methods.vespo import VespoArgs
-
-    va, ca, sa = VespoArgs(), TokenClipArgs(), SAPOArgs()
-    c = c or {"pos": (va.c1_pos, va.c2_pos), "neg": (va.c1_neg, va.c2_neg)}
-    eps_low, eps_high = eps or (ca.eps_low, ca.eps_high)
-    tau = tau or {"pos": sa.tau_pos, "neg": sa.tau_neg}
+def kernel_figure(args: dict | None = None) -> Figure:
+    """Every registered method's gradient weight on A * grad log pi against its importance ratio,
+    A > 0 and A < 0, over [0, 3]: the curve each registration carries (`WeightCurve`), evaluated with
+    the method's own argument defaults (or `args={method: {arg: value}}`). Built in: VESPO's phi(W),
+    token_clip's hard clip, SAPO's gate, naive IS's W."""
+    args = args or {}
+    curves = [(name, m) for name, m in _registered().items() if m.curve is not None]
     fig, axes = _new_figure(1, 2, 5.2, 4.0)
-    for ax, sign in zip(axes[0], ("pos", "neg")):
-        c1, c2 = c[sign]
-        peak_w, peak_phi = kernel_peak(c1, c2)
-        w = np.unique(np.concatenate([np.linspace(0.0, 3.0, 601), [1.0, peak_w, 1 - eps_low, 1 + eps_high]]))
-        with np.errstate(divide="ignore"):
-            log_w = torch.tensor(np.log(w), dtype=torch.float64)
-        phi = torch.exp(log_gamma_kernel(log_w, c1, c2)).numpy()
-        if sign == "pos":  # PPO clip: the gradient vanishes where the ratio is clipped on A's side
-            clip = np.where(w <= 1 + eps_high, 1.0, 0.0)
-            clip_txt = f"zero above 1+{eps_high:g}"
-        else:
-            clip = np.where(w >= 1 - eps_low, 1.0, 0.0)
-            clip_txt = f"zero below 1-{eps_low:g}"
-        t = tau[sign]
-        s = 1.0 / (1.0 + np.exp(-t * (w - 1.0)))
-        gate = 4.0 * w * s * (1.0 - s)
-        ax.plot(w, w, color=METHOD_COLORS["naive_is"], ls=":", lw=1.2, label="naive IS: W (unbounded)", gid="naive_is")
-        ax.plot(w, clip, color=METHOD_COLORS["token_clip"], lw=1.6, drawstyle="steps-mid",
-                label=f"hard clip (token_clip): 1, {clip_txt}", gid="token_clip")
-        ax.plot(w, gate, color=METHOD_COLORS["sapo"], lw=1.8, ls="--",
-                label=f"SAPO gate 4 r s(1-s), tau={t:g}", gid="sapo")
-        ax.plot(w, phi, color=METHOD_COLORS["vespo"], lw=2.2,
-                label=f"VESPO phi(W), (c1,c2)=({c1:g},{c2:g})", gid="vespo")
-        ax.plot([peak_w], [peak_phi], "o", color=METHOD_COLORS["vespo"], ms=5)
-        ax.annotate(f"phi peak at W = c1/c2 = {peak_w:.2f}\nphi_max = {peak_phi:.2f}", (peak_w, peak_phi),
-                    xytext=(0.08, 1.5) if sign == "pos" else (1.85, 0.3), fontsize=8,
-                    arrowprops=dict(arrowstyle="-", color="0.5", lw=0.8))
+    for ax, positive in zip(axes[0], (True, False)):
+        margs = {name: m.make_args(**args.get(name, {})) for name, m in curves}
+        knots = [k for name, m in curves for k in m.curve.knots(margs[name], positive)]
+        w = np.unique(np.concatenate([np.linspace(0.0, 3.0, 601), [1.0], [k for k in knots if 0 <= k <= 3]]))
+        for name, m in curves:
+            a, c = margs[name], m.curve
+            ls, lw = c.style
+            ax.plot(w, c.weight(a, w, positive), color=method_color(name), ls=ls, lw=lw, gid=name,
+                    drawstyle="steps-mid" if c.steps else "default", label=c.label(a, positive))
+            mark = c.mark(a, positive)
+            if mark is not None:
+                x, y, text = mark
+                ax.plot([x], [y], "o", color=method_color(name), ms=5)
+                ax.annotate(text, (x, y), xytext=(0.08, 1.5) if positive else (1.85, 0.3), fontsize=8,
+                            arrowprops=dict(arrowstyle="-", color="0.5", lw=0.8))
         ax.axvline(1.0, color="0.75", lw=0.8, zorder=0)
         ax.axhline(1.0, color="0.75", lw=0.8, zorder=0)
         ax.set_xlim(0, 3)
         ax.set_ylim(0, 1.75)
-        ax.set_xlabel("importance ratio (unitless): sequence W = pi/mu for VESPO,\n"
-                      "token r = pi/pi_old for clip and SAPO")
+        ax.set_xlabel("importance ratio (unitless): sequence W = pi/mu for sequence-level methods,\n"
+                      "token r = pi/pi_old for token-level ones (see the methods table)")
         ax.set_ylabel("gradient weight on A * grad log pi")
-        ax.set_title("A > 0" if sign == "pos" else "A < 0")
+        ax.set_title("A > 0" if positive else "A < 0")
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.24), ncols=2, frameon=False)
-    _suptitle(fig, "Effective gradient weight: VESPO gamma kernel vs hard clip vs SAPO soft gate "
-              "(all equal 1 at W = 1)", fontsize=11)
+    _suptitle(fig, "Effective gradient weight of each method against its importance ratio "
+              "(all equal 1 at ratio 1)", fontsize=11)
     return fig
 
 

@@ -71,16 +71,37 @@ def test_each_method_has_the_same_colour_in_every_figure(tiny_grid):
         figs_with_m = {stem for stem, mm in seen if mm == m}
         assert figs_with_m == STEMS, (m, figs_with_m)
         colours = set().union(*(c for (stem, mm), c in seen.items() if mm == m))
-        assert colours == {plots.METHOD_COLORS[m]}, (m, colours)
+        assert colours == {plots.method_color(m)}, (m, colours)
 
 
-def test_colour_table_covers_the_paper_methods_and_unknown_names_are_stable():
-    known = ["on_policy", "token_clip", "naive_is", "gspo", "vespo", "sapo", "cispo", "topr", "gmpo", "seq_clip"]
-    assert all(m in plots.METHOD_COLORS for m in known)
-    assert len(set(plots.METHOD_COLORS.values())) == len(plots.METHOD_COLORS)
+def test_every_registered_method_carries_its_own_colour_and_unknown_names_are_stable():
+    from offpolicy_bench.method import METHODS
+
+    colours = {name: m.color for name, m in METHODS.items()}
+    assert all(colours.values()), [n for n, c in colours.items() if not c]  # every shipped method has one
+    assert len(set(colours.values())) == len(colours)  # and they are distinct
+    assert all(plots.method_color(n) == c for n, c in colours.items())
     c = plots.method_color("my_new_loss")
-    assert c == plots.method_color("my_new_loss") and c not in plots.METHOD_COLORS.values()
+    assert c == plots.method_color("my_new_loss") and c not in colours.values()
     assert plots.n_style(4) == plots.N_STYLES[4] and plots.n_style(3) == plots.n_style(3)
+
+
+def test_kernel_figure_draws_every_registered_curve_including_a_plugin(monkeypatch):
+    """The core names no method: a plug-in's registered curve is drawn like the built-in ones."""
+    import dataclasses
+
+    from offpolicy_bench.method import METHODS, WeightCurve, get_method
+
+    base = get_method("naive_is")
+    mine = dataclasses.replace(base, name="my_capped_is", color="#123456",
+                               curve=WeightCurve(weight=lambda a, w, pos: np.minimum(w, 1.5),
+                                                 label=lambda a, pos: "min(W, 1.5)"))
+    monkeypatch.setitem(METHODS._items, "my_capped_is", mine)
+    lines = {ln.get_gid(): ln for ln in plots.kernel_figure().axes[0].get_lines() if ln.get_gid()}
+    assert set(lines) == {n for n, m in METHODS.items() if m.curve is not None}
+    x, y = (np.asarray(a, dtype=float) for a in lines["my_capped_is"].get_data())
+    np.testing.assert_allclose(y, np.minimum(x, 1.5))
+    assert to_hex(lines["my_capped_is"].get_color()) == "#123456"
 
 
 @pytest.mark.parametrize("panel", [0, 1])  # A > 0, A < 0
