@@ -34,6 +34,7 @@ def load_builtin() -> None:
         return
     _loaded = True
     _import_package_modules("offpolicy_bench.methods")
+    _import_package_modules("offpolicy_bench.corrections")
     _import_package_modules("offpolicy_bench.tasks")
     for group in ("offpolicy_bench.methods", "offpolicy_bench.tasks"):
         for ep in entry_points(group=group):
