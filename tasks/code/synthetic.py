@@ -274,8 +274,12 @@ class SyntheticCode(GeneratedTask):
 
 # ------------------------------------------------------------------ level 5: a body of several lines
 
-# enough for the built-in models to reach the entropy floor of the three-line targets (measured)
+# the default model reaches the floor of the three-line targets in 1200 steps of 64 (fit loss 0.0336
+# against the floor 0.0302 nats/token, excess 0.003; the training loss levels at ~600 steps)
 LEVEL5_WARMSTART_STEPS = 1200
+# Not yet a headroom level: on-policy RL (staleness 1, 256 steps, defaults) takes held-out accuracy from
+# 0.36 to 0.95 by step 48 and ends at 0.98 (best 0.99). Each line is copied from the comment, so once
+# the habit is unlearned nothing is left that the model cannot do; harder variants are still to try.
 
 
 def apply_steps(steps: tuple, x: int, habit=frozenset()) -> int:
