@@ -98,7 +98,7 @@ def test_code_task_config_and_errors():
     assert cfg.task.level == 4 and cfg.task.habit == 0.25
     with pytest.raises(OffbenchError, match="level"):
         task("code", level=9)
-    with pytest.raises(OffbenchError, match="too large"):
+    with pytest.raises(OffbenchError, match=r"task.eval_size must be in \[1, 162\] at level 4"):
         task("code", level=4, eval_size=10_000)
 
 
@@ -278,3 +278,115 @@ def test_grade_file_on_the_synthetic_task(tmp_path):
     src = _jsonl(tmp_path / "c.jsonl", rows)
     res = grade_file("code", ["level=2", "task.eval_size=32"], src, None, k_list=(1,))
     assert res["pass@1"] == pytest.approx(0.5) and res["task_version"] == "code-1"
+
+
+# ------------------------------------------------------------------ synthetic code, level 5: a three-line body
+
+
+def test_level5_reference_body_passes_and_every_habit_body_fails():
+    from offpolicy_bench.tasks.code.synthetic import lines_body
+
+    t = task("code", level=5, eval_size=64)
+    exs = t.eval_examples()[:40]
+    for e in exs:
+        assert e.prompt.startswith("# ") and e.prompt.endswith("):\n    ")
+        lines = e.answer.split("\n")
+        assert len(lines) == 3 and all(line.startswith("    ") for line in lines[1:])  # the model indents
+        assert lines[-1].startswith("    return ") and len(e.answer) >= 32
+    comps, want = [], []
+    for e in exs:
+        comps.append(e.answer)
+        want.append(True)
+        for i in e.meta["habitable"]:  # each habit alone, and all of them together
+            comps.append(lines_body(e.meta["steps"], e.meta["params"], {i}))
+            want.append(False)
+        if e.meta["habitable"]:
+            comps.append(lines_body(e.meta["steps"], e.meta["params"], set(e.meta["habitable"])))
+            want.append(False)
+    ex_of = [e for e in exs for _ in range(1 + len(e.meta["habitable"]) + bool(e.meta["habitable"]))]
+    assert sum(not w for w in want) > 40
+    assert [g.correct for g in t.grade_batch(ex_of, comps)] == want
+
+
+def test_level5_grading_runs_the_lines_and_cuts_flexibly():
+    t = task("code", level=5, eval_size=16)
+    e = next(x for x in t.eval_examples() if x.meta["steps"][0][0] == "add")
+    v, r = e.meta["params"], e.answer[0]
+    first, rest = e.answer.split("\n", 1)
+    c = e.meta["steps"][0][1]
+    cases = {
+        e.answer: (True, True),
+        f"{r} = {c} + {v}\n" + rest: (True, True),  # equivalent code passes: tests run, text is not compared
+        first.replace(" ", "") + "\n" + rest: (True, True),  # spacing inside a line is free
+        first + "\n" + rest.replace("    ", "", 1): (False, False),  # the model must indent the lines after the first
+        e.answer + "\n# done\nimport os\nos._exit(0)": (False, True),  # flexible: cut at the first stop sequence
+        first: (False, False),  # returns None
+        "": (False, False),
+    }
+    grades = t.grade_batch([e] * len(cases), list(cases))
+    for (comp, (strict, flex)), g in zip(cases.items(), grades):
+        assert (g.correct, g.flexible) == (strict, flex), comp
+
+
+def test_level5_holds_out_functions_not_prompts():
+    t = task("code", level=5, eval_size=256)
+    ev = t.eval_examples()
+    keys = {e.meta["steps"] for e in ev}
+    assert len(keys) == 256  # 256 distinct functions
+    assert all(len(k) == 3 for k in keys)
+    seen_names = set()
+    for draw in (t.train_examples(20000, random.Random(1)), t.warmstart_examples(20000, random.Random(2))):
+        assert not {e.meta["steps"] for e in draw} & keys
+        seen_names |= {(e.meta["fn"], e.meta["params"]) for e in draw}
+    assert len(seen_names) == 12  # the names vary; the held-out function never appears under any of them
+    # a split by prompt would not do: raw draws reach held-out functions under other names
+    rng, prompts = random.Random(3), {e.prompt for e in ev}
+    reworded = [e for e in (t.problem(rng) for _ in range(20000)) if e.meta["steps"] in keys and e.prompt not in prompts]
+    assert len(reworded) > 100
+
+
+def test_level5_entropy_floor_matches_a_monte_carlo_estimate():
+    import collections
+    import math
+
+    t = task("code", level=5, habit=0.3)
+    exs = t.train_examples(400, random.Random(4))
+    by_count = {n: next(e for e in exs if len(e.meta["habitable"]) == n) for n in (0, 1, 2)}
+    rng = random.Random(5)
+    for n, ex in by_count.items():
+        draws = 40000
+        counts = collections.Counter(t.lines_target(ex, rng) for _ in range(draws))
+        assert len(counts) == 2 ** n  # distinct habit patterns are distinct texts
+        plug_in = -sum(c / draws * math.log(c / draws) for c in counts.values())
+        assert t.warmstart_entropy(ex) == pytest.approx(plug_in, abs=0.01)
+        assert t.warmstart_entropy(ex) == pytest.approx(n * -(0.3 * math.log(0.3) + 0.7 * math.log(0.7)))
+    assert task("code", level=5, habit=0.0).warmstart_entropy(by_count[2]) == 0.0
+    ws = t.warmstart_examples(2000, random.Random(6))
+    share = sum(e.solution != e.answer for e in ws) / len(ws)
+    mean_lines = sum(len(e.meta["habitable"]) for e in ws) / len(ws)
+    assert abs(share - (1 - sum((0.7 ** len(e.meta["habitable"])) for e in ws) / len(ws))) < 0.04
+    assert 1.5 < mean_lines <= 2
+
+
+@pytest.mark.parametrize("kw,fragment", [({"level": 6}, "task.level=6 unknown; levels: [1, 2, 3, 4, 5]"),
+                                         ({"level": 5, "habit": -0.1}, "task.habit must be in [0, 1]"),
+                                         ({"level": 5, "eval_size": 0}, "task.eval_size must be in [1, 2873] at level 5"),
+                                         ({"level": 5, "eval_size": 3000}, "task.eval_size must be in [1, 2873] at level 5")])
+def test_level5_bad_arguments_are_one_line_errors(kw, fragment):
+    from offpolicy_bench.registry import OffbenchError
+
+    with pytest.raises(OffbenchError) as e:
+        task("code", **kw)
+    assert fragment in str(e.value) and "\n" not in str(e.value)
+
+
+def test_level5_response_cap_fits_the_longest_body():
+    from offpolicy_bench.config import build_config
+
+    t = task("code", level=5)
+    lengths = [len(e.answer) for e in t.train_examples(5000, random.Random(7))]
+    longest = max(lengths) + 1  # + EOS
+    cfg = build_config(["task=code", "task.level=5"])
+    assert longest <= cfg.rollout.max_new_tokens <= longest + 4
+    assert build_config(["task=code"]).rollout.max_new_tokens == 8
+    assert build_config(["task=code", "task.level=5", "rollout.max_new_tokens=50"]).rollout.max_new_tokens == 50
