@@ -15,8 +15,8 @@ from offpolicy_bench.config import build_config
 from offpolicy_bench.trainer import train
 
 MAIN = ["method=vespo", "task=math_cot", "staleness=16"]
-# measured start of the main job (benchmarks/RESULTS.md): 0.472 dense on AMD EPYC and Intel Xeon,
-# torch 2.13 and 2.14, under every CPU kernel dispatch tried; a warm start on a knife edge moved it 0.06
+# measured start of the main job (benchmarks/RESULTS.md): 0.468-0.473 dense on an AMD EPYC under four
+# CPU kernel dispatches, 0.472 under torch 2.13 and 2.14; the v1 warm start, on a knife edge, moved 0.07
 START = {"dense": 0.472}
 
 
