@@ -44,21 +44,23 @@ def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
     k = 0: greedy decoding only. `log.eval_greedy` adds greedy accuracy as `accuracy_greedy`."""
     exs = task.eval_examples()
     prompts = [e.prompt for e in exs]
-    k, out = cfg.log.eval_samples, {}
+    k = cfg.log.eval_samples
+
+    def scores(ro, per_prompt):
+        grades = task.grade_batch([exs[i // per_prompt] for i in range(len(ro.texts))], ro.texts)
+        return {"accuracy": sum(g.correct for g in grades) / len(grades),
+                "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
+                "response_len": ro.response_mask.sum(-1).mean().item()}
+
+    greedy = None
     if cfg.log.eval_greedy or k == 0:
-        ro = sample(model, tok, prompts, 1, 1.0, cfg.rollout.max_new_tokens, greedy=True)
-        grades = task.grade_batch(exs, ro.texts)
-        out = {"accuracy_greedy": sum(g.correct for g in grades) / len(grades),
-               "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
-               "response_len": ro.response_mask.sum(-1).mean().item()}
+        greedy = scores(sample(model, tok, prompts, 1, 1.0, cfg.rollout.max_new_tokens, greedy=True), 1)
         if k == 0:
-            return {"accuracy": out.pop("accuracy_greedy"), **out}
+            return greedy
     gen = torch.Generator().manual_seed(EVAL_SEED)
     ro = sample(model, tok, prompts, k, cfg.rollout.temperature, cfg.rollout.max_new_tokens, generator=gen)
-    grades = task.grade_batch([exs[i // k] for i in range(len(ro.texts))], ro.texts)
-    return {**out, "accuracy": sum(g.correct for g in grades) / len(grades),
-            "accuracy_flexible": sum(g.flexible for g in grades) / len(grades),
-            "response_len": ro.response_mask.sum(-1).mean().item()}
+    out = scores(ro, k)
+    return out if greedy is None else {"accuracy_greedy": greedy["accuracy"], **out}
 
 
 def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, gen, device):
