@@ -69,7 +69,8 @@ def vespo(batch, args):
       (3, 2) is `method.c1_pos=3 method.c2_pos=2`.
     Theorem 3.1 diagnostics, per advantage group of the mini-batch (pos_: A >= 0, neg_: A < 0,
     only when the group is non-empty): Z = E[phi], EQ_W = E[phi W]/Z, E_phi2 = E[phi^2], bound =
-    Z K C with C = EQ_W and K = sup phi(w)/w (kernels.kernel_K), bound_tightness = E_phi2/bound.
+    Z K C with C = EQ_W and K = sup phi(w)/w (kernels.kernel_K), E_W2 = naive IS's E[W^2] on the same
+    sequences and phi2_over_W2 = E_phi2/E_W2 (the kernel's second moment against naive IS's).
     They are sample estimates over the group's sequences, with W the kernel's input (the
     normalised W under length_norm).
     """

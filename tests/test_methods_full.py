@@ -396,8 +396,10 @@ def test_vespo_theorem_diagnostics_per_sign_group():
         assert m[prefix + "EQ_W"] == pytest.approx(eq_w, rel=1e-10)
         assert m[prefix + "E_phi2"] == pytest.approx(e2, rel=1e-10)
         assert m[prefix + "bound"] == pytest.approx(Z * K * eq_w, rel=1e-10)
-        assert m[prefix + "bound_tightness"] == pytest.approx(e2 / (Z * K * eq_w), rel=1e-10)
-        assert 0 < m[prefix + "bound_tightness"] <= 1
+        w2 = sum(w * w for w in ws) / len(ws)
+        assert m[prefix + "E_W2"] == pytest.approx(w2, rel=1e-10)
+        assert m[prefix + "phi2_over_W2"] == pytest.approx(e2 / w2, rel=1e-10)
+        assert "bound_tightness" not in {k.removeprefix(prefix) for k in m}  # <= 1 by construction: removed
     # existing metric names unchanged
     assert {"phi_mean", "phi_max", "phi_min", "phi_ess", "phi_small_frac", "kernel_log_w_clamp_frac"} <= set(m)
 
@@ -419,10 +421,17 @@ def test_variance_bound_holds_on_lognormal_weights(c1, c2):
         phi = torch.exp(log_gamma_kernel(log_w, c1, c2))
         terms = bound_terms(phi, log_w, K)
         assert terms["E_phi2"] <= terms["bound"] * (1 + 1e-12), (sigma, terms)
-        assert 0 < terms["bound_tightness"] <= 1
+        assert terms["phi2_over_W2"] == pytest.approx(terms["E_phi2"] / torch.exp(2 * log_w).mean().item(), rel=1e-9)
+        assert (terms["phi2_over_W2"] < 0.01) == (sigma >= 2.0)  # the kernel cuts the second moment in the tail
         violated_with_half_K |= terms["E_phi2"] > bound_terms(phi, log_w, K / 2)["bound"]
     # K is the sharp constant: half of it fails somewhere, so the check above can fail
     assert violated_with_half_K
+    # weights shrunk to 0.5 (pi moved away from every sample): the ratio is (phi(0.5) / 0.5)^2, above 1
+    # for (2, 3) (K = e^2/3 > 1); for (3, 2) K = 1, phi(w) <= w everywhere and the ratio stays below 1
+    shrunk = torch.full((100,), math.log(0.5), dtype=torch.float64)
+    ratio = bound_terms(torch.exp(log_gamma_kernel(shrunk, c1, c2)), shrunk, K)["phi2_over_W2"]
+    assert ratio == pytest.approx((0.5 ** c1 * math.exp(c2 * 0.5) / 0.5) ** 2, rel=1e-9)
+    assert (ratio > 1) == (c1 < c2)
 
 
 # ----------------------------------------------------------------------------- aggregation, extremes
