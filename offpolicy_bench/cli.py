@@ -5,6 +5,7 @@
   grade        grade a file of completions against a task's held-out split: per-sample results, pass@k
   report       Table-2-shaped summary of a grid
   plot         every paper-style figure of a grid
+  probe        each method's gradient bias and variance against the on-policy gradient, by version gap
   methods      list the registered methods (loss functions) and their defaults
   tasks        list the registered tasks and their arguments
   corrections  list the rollout-correction modifiers and their arguments
@@ -82,6 +83,17 @@ def _plot(args) -> int:
 
     for path in plot_all(args.grid_dir, args.out):
         print(path)
+    return 0
+
+
+def _probe(args) -> int:
+    from .probe import run_probe
+
+    table = run_probe(list(args.overrides), log=lambda m: print(m, flush=True))
+    cols = ["method", "version_gap", "response_len", "cosine_to_onpolicy", "relative_bias", "bias_noise_floor",
+            "relative_variance", "variance_vs_reference", "ess"]
+    knobs = [c for c in table.columns if c.startswith("knob.")]
+    print(table[knobs + cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     return 0
 
 
@@ -174,6 +186,15 @@ def build_parser() -> argparse.ArgumentParser:
     p_plot.add_argument("grid_dir")
     p_plot.add_argument("--out", default=None, help="output folder (default: <grid_dir>/figures)")
     p_plot.set_defaults(fn=_plot)
+    p_probe = sub.add_parser(
+        "probe", help="gradient bias and variance of each method against the on-policy gradient, by version gap",
+        description="offbench probe method=[vespo,token_clip] version_gap=[0,1,4,16,63] out=DIR [batches=64] "
+                    "[ref_batches=64] [run keys, lists swept: task=math_cot task.digits=[2,8] model=moe]. "
+                    "For each gap k: mu = the warm start, pi = k on-policy optimizer steps later; each method's "
+                    "gradient on `batches` mini-batches from mu against the on-policy gradient of pi from "
+                    "`ref_batches` fresh ones. Writes DIR/probe.parquet and DIR/probe.png; see offpolicy_bench/probe.py.")
+    p_probe.add_argument("overrides", nargs="*", help="key=value or key=[v1,v2,...]")
+    p_probe.set_defaults(fn=_probe)
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
     sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)

@@ -562,6 +562,47 @@ def ablation_figure(grid, smooth: int | None = None) -> Figure | None:
 
 
 # ---------------------------------------------------------------- saving
+def probe_plane(table: pd.DataFrame) -> Figure:
+    """The bias-variance plane of `offbench probe`: a panel per version gap, x = variance of one
+    mini-batch's gradient relative to the reference's squared norm (log axis), y = relative bias
+    (noise removed); a point per method, one marker per response length; the bias noise floor of each
+    point as a vertical bar from 0 (a bias inside it is not resolved)."""
+    gaps = sorted(table["version_gap"].unique())
+    fig, axes = _new_figure(1, len(gaps), 3.2, 3.0)
+    lengths = sorted(table["response_len"].round(1).unique())
+    markers = ["o", "s", "^", "D", "v", "P"]
+    handles = {}
+    for ax, k in zip(axes[0], gaps):
+        sub = table[table["version_gap"] == k]
+        for _, r in sub.iterrows():
+            li = lengths.index(round(r["response_len"], 1))
+            x, y = r["variance_vs_reference"], r["relative_bias"]
+            if not (np.isfinite(x) and np.isfinite(y)) or x <= 0:
+                continue
+            h = ax.scatter([x], [y], color=method_color(r["method"]), marker=markers[li % len(markers)], s=30, zorder=3)
+            ax.plot([x, x], [0, r["bias_noise_floor"]], color=method_color(r["method"]), lw=0.6, alpha=0.5)
+            handles.setdefault(r["method"], h)
+        ax.set_xscale("log")
+        ax.set_title(f"version gap {k}", fontsize=9)
+        ax.set_xlabel("tr Cov(g) / |reference|^2 (one mini-batch)", fontsize=8)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("relative bias |E g - reference| / |reference|", fontsize=8)
+    labels = list(handles)
+    extra = [Line2D([], [], color="0.3", marker=markers[i % len(markers)], ls="", label=f"{ln:g} tokens")
+             for i, ln in enumerate(lengths)]
+    _side_legend(axes, [handles[m] for m in labels] + extra, labels + [e.get_label() for e in extra], fontsize=8)
+    _suptitle(fig, "Gradient estimators against the on-policy gradient (offbench probe)")
+    return fig
+
+
+def probe_figure(table: pd.DataFrame, out_dir) -> list:
+    """Write <out_dir>/probe.png and .pdf."""
+    fig = probe_plane(table)
+    paths = save(fig, out_dir, "probe")
+    fig.clear()
+    return paths
+
+
 def save(fig: Figure, out_dir, stem: str) -> list:
     """Write <out_dir>/<stem>.png (150 dpi) and .pdf; returns the two paths."""
     out_dir = os.fspath(out_dir)
