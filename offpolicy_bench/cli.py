@@ -5,6 +5,7 @@
   grade        grade a file of completions against a task's held-out split: per-sample results, pass@k
   report       Table-2-shaped summary of a grid
   plot         every paper-style figure of a grid
+  export-tb    TensorBoard event files from an existing run or grid folder
   methods      list the registered methods (loss functions) and their defaults
   tasks        list the registered tasks and their arguments
   corrections  list the rollout-correction modifiers and their arguments
@@ -82,6 +83,13 @@ def _plot(args) -> int:
 
     for path in plot_all(args.grid_dir, args.out):
         print(path)
+    return 0
+
+
+def _export_tb(args) -> int:
+    from .trackers import export_tensorboard
+
+    export_tensorboard(args.results_dir)
     return 0
 
 
@@ -174,6 +182,12 @@ def build_parser() -> argparse.ArgumentParser:
     p_plot.add_argument("grid_dir")
     p_plot.add_argument("--out", default=None, help="output folder (default: <grid_dir>/figures)")
     p_plot.set_defaults(fn=_plot)
+    p_tb = sub.add_parser("export-tb", help="write TensorBoard event files from a run or grid folder's metrics.parquet",
+                          description="Writes <run>/tensorboard/ for a run folder, or for every cell of a grid "
+                                      "folder, tagged as log.trackers=[tensorboard] would have; then: "
+                                      "tensorboard --logdir <folder>")
+    p_tb.add_argument("results_dir", help="results/<run> or results/<grid>")
+    p_tb.set_defaults(fn=_export_tb)
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
     sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)
