@@ -6,6 +6,7 @@
   report       Table-2-shaped summary of a grid
   plot         every paper-style figure of a grid
   probe        each method's gradient bias and variance against the on-policy gradient, by version gap
+  export-tb    TensorBoard event files from an existing run or grid folder
   methods      list the registered methods (loss functions) and their defaults
   tasks        list the registered tasks and their arguments
   corrections  list the rollout-correction modifiers and their arguments
@@ -94,6 +95,13 @@ def _probe(args) -> int:
             "relative_variance", "variance_vs_reference", "ess"]
     knobs = [c for c in table.columns if c.startswith("knob.")]
     print(table[knobs + cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
+    return 0
+
+
+def _export_tb(args) -> int:
+    from .trackers import export_tensorboard
+
+    export_tensorboard(args.results_dir)
     return 0
 
 
@@ -195,6 +203,12 @@ def build_parser() -> argparse.ArgumentParser:
                     "`ref_batches` fresh ones. Writes DIR/probe.parquet and DIR/probe.png; see offpolicy_bench/probe.py.")
     p_probe.add_argument("overrides", nargs="*", help="key=value or key=[v1,v2,...]")
     p_probe.set_defaults(fn=_probe)
+    p_tb = sub.add_parser("export-tb", help="write TensorBoard event files from a run or grid folder's metrics.parquet",
+                          description="Writes <run>/tensorboard/ for a run folder, or for every cell of a grid "
+                                      "folder, tagged as log.trackers=[tensorboard] would have; then: "
+                                      "tensorboard --logdir <folder>")
+    p_tb.add_argument("results_dir", help="results/<run> or results/<grid>")
+    p_tb.set_defaults(fn=_export_tb)
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
     sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)

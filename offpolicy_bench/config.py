@@ -116,6 +116,12 @@ class LogConfig:
     """results root; the run goes to <out_dir>/<name>/"""
     progress: bool = True
     """show a progress bar"""
+    trackers: List[str] = field(default_factory=list)
+    """live trackers that also get every metric at its gradient step, and the config as hyperparameters:
+    any of [tensorboard,wandb,mlflow], each an optional extra (pip install -e ".[tensorboard]"); [] = none"""
+    tracker_group: Optional[str] = None
+    """W&B group and MLflow experiment of this run (null: no group, experiment offpolicy-bench); a grid
+    sets its name"""
 
 
 @dataclass
@@ -346,6 +352,10 @@ def resolve(cfg: DictConfig) -> None:
         cfg.name = f"{m.name}_{cfg.task.name}_{model_tag}_N{n}_seed{cfg.seed}"
     if os.sep in cfg.name or cfg.name in ("", ".", ".."):
         raise OffbenchError(f"name={cfg.name!r} must be a plain folder name")
+    if cfg.log.trackers:  # a missing extra stops the run here, before any work
+        from .trackers import check_trackers
+
+        check_trackers(cfg.log.trackers)
 
 
 def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = ("name", "log", "threads")) -> str:

@@ -30,6 +30,7 @@ from .registry import OffbenchError
 from .results import atomic_write, atomic_write_parquet, git_commit, record_columns, run_record
 
 GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project", "allow_dirty"}  # grid options, not run config
+LIST_KEYS = {"plugins", "log.trackers"}  # run keys whose value is a list: given to every cell, never swept
 EXECUTORS = ("local", "ray")
 _TRUE, _FALSE = ("1", "true", "yes"), ("0", "false", "no")
 
@@ -129,7 +130,7 @@ def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[
     variant_keys = []
     for v in variants:
         for key, _ in parse_overrides(v):
-            if key in GRID_KEYS or key == "plugins":
+            if key in GRID_KEYS or key in LIST_KEYS:
                 raise OffbenchError(f"preset variants may set run keys only, not {key}=")
             if key not in variant_keys:
                 variant_keys.append(key)
@@ -140,7 +141,7 @@ def expand(overrides: list[str]) -> tuple[dict[str, str], list[list[str]], list[
     for key, value in last.items():
         if key in GRID_KEYS:
             options[key] = value
-        elif key == "plugins":
+        elif key in LIST_KEYS:
             fixed.append(f"{key}={value}")
         elif (items := _split_list(value)) is not None:
             swept.append((key, items))
@@ -247,7 +248,10 @@ def run_grid(overrides: list[str], log=print) -> str:
     os.makedirs(os.path.join(grid_dir, "cells"), exist_ok=True)
     _write_grid_meta(grid_dir, overrides, swept)
     _warm_starts([cfg for _, cfg, _ in todo])
-    cell_args = [(ov + [f"name={rid}", f"log.out_dir={os.path.join(grid_dir, 'cells')}"], rid) for ov, _, rid in todo]
+    # every cell is its own tracker run, grouped by the grid's name (unless the overrides set a group)
+    cells_dir = os.path.join(grid_dir, "cells")
+    cell_args = [([f"log.tracker_group={names[-1]}", *ov, f"name={rid}", f"log.out_dir={cells_dir}"], rid)
+                 for ov, _, rid in todo]
     if executor == "local":
         results = _run_local(cell_args, jobs, threads, grid_dir, swept, log)
     else:  # ray (check_options refused anything else)

@@ -22,6 +22,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from .registry import OffbenchError
+from .trackers import Trackers
 
 METRIC_COLUMNS = ["step", "split", "metric", "value"]
 
@@ -167,6 +168,7 @@ class RunWriter:
         self.run = {"run_id": run_id, "name": cfg.name, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "git_commit": git_commit(), "versions": versions(), **extra}
         atomic_write(os.path.join(self.dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
+        self.trackers = Trackers.for_run(cfg, self.dir, run_id)  # log.trackers; none by default
         self._write_run()
 
     def _write_run(self) -> None:
@@ -174,15 +176,21 @@ class RunWriter:
 
         self.run["wall_time_s"] = round(time.time() - self.t0, 2)
         self.run["peak_rss_mb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # Linux: KiB
+        if self.trackers.errors:
+            self.run["tracker_errors"] = dict(self.trackers.errors)
         atomic_write(os.path.join(self.dir, "run.json"), (json.dumps(self.run, indent=1) + "\n").encode())
 
     def log(self, step: int, split: str, metrics: dict[str, float]) -> None:
-        for k, v in metrics.items():
-            self.rows.append((step, split, k, float(v)))
+        values = {k: float(v) for k, v in metrics.items()}
+        self.rows.extend((step, split, k, v) for k, v in values.items())
+        if self.trackers:  # the same rows, at the same step, to every live tracker
+            self.trackers.log(step, split, values)
 
     def flush(self) -> None:
         df = pd.DataFrame(self.rows, columns=METRIC_COLUMNS).astype({"step": "int64", "value": "float64"})
         atomic_write_parquet(df, os.path.join(self.dir, "metrics.parquet"))
+        if self.trackers:
+            self.trackers.flush()
         self._write_run()
 
     def finish(self, status: str, summary: dict, error: str | None = None) -> None:
@@ -190,6 +198,9 @@ class RunWriter:
         if error:
             self.run["error"] = error
         self.flush()
+        if self.trackers:
+            self.trackers.finish(status)
+            self._write_run()  # with any tracker error of the finish itself
         line = json.dumps({"run_id": self.run["run_id"], "status": status, **summary})
         atomic_write(os.path.join(self.dir, "summary.json"), (line + "\n").encode())
 
