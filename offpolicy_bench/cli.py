@@ -118,7 +118,8 @@ def correction_table(corrections) -> str:
     rows = ["| correction | what it does | defaults |", "|---|---|---|"]
     for name, c in corrections.items():
         defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(c.args)) or "-"
-        rows.append(f"| `{name}` | {c.doc.splitlines()[0] if c.doc else ''} | {defaults} |")
+        what = (c.doc.splitlines()[0] if c.doc else "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {what} | {defaults} |")
     return "\n".join(rows)
 
 

@@ -335,6 +335,9 @@ def resolve(cfg: DictConfig) -> None:
             cfg.warmstart.steps = task_cls.default_warmstart_steps(args)
     m = cfg.method
     METHODS.get(m.name).make_args(m)  # the method's own checks, before any work starts
+    from .correction import CORRECTIONS
+
+    CORRECTIONS.get(cfg.correction.name).make_args(cfg.correction)  # likewise the correction's
     if m.agg is None:
         m.agg = METHODS.get(m.name).default_agg
     if m.agg not in AGG_MODES:
