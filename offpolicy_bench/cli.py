@@ -10,6 +10,7 @@
   methods      list the registered methods (loss functions) and their defaults
   tasks        list the registered tasks and their arguments
   corrections  list the rollout-correction modifiers and their arguments
+  advantages   list the advantage estimators and their arguments
 """
 
 from __future__ import annotations
@@ -26,8 +27,9 @@ RUN_HELP = """Train one run. Arguments are key=value overrides of the config, e.
   offbench run method=vespo task=math staleness=16
   offbench run model=moe optim.lr=1e-4 method.c1_pos=3 train.steps=64
 
-`method=NAME` / `task=NAME` / `correction=NAME` pick a registry entry and bring its arguments
-(method.<arg>, task.<arg>, correction.<arg>; each entry's are listed below); `model=dense|moe|PATH`.
+`method=NAME` / `task=NAME` / `correction=NAME` / `advantage=NAME` pick a registry entry and bring its
+arguments (method.<arg>, task.<arg>, correction.<arg>, advantage.<arg>; each entry's are listed below);
+`model=dense|moe|PATH`.
 Unknown keys and wrong types are errors. The resolved config is printed, and saved with the
 results as config.yaml.
 
@@ -138,7 +140,8 @@ def correction_table(corrections) -> str:
     rows = ["| correction | what it does | defaults |", "|---|---|---|"]
     for name, c in corrections.items():
         defaults = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(c.args)) or "-"
-        rows.append(f"| `{name}` | {c.doc.splitlines()[0] if c.doc else ''} | {defaults} |")
+        what = (c.doc.splitlines()[0] if c.doc else "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {what} | {defaults} |")
     return "\n".join(rows)
 
 
@@ -148,6 +151,25 @@ def _corrections(args) -> int:
 
     load_builtin()
     print(correction_table(CORRECTIONS))
+    return 0
+
+
+def advantage_table(advantages) -> str:
+    rows = ["| advantage | what it does | defaults | source |", "|---|---|---|---|"]
+    for name, a in advantages.items():
+        defaults = ", ".join(f"{f.name}={json.dumps(f.default) if isinstance(f.default, str) else f.default}"
+                             for f in dataclasses.fields(a.args)) or "-"
+        what = (a.doc.splitlines()[0] if a.doc else "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {what} | {defaults} | {a.source} |")
+    return "\n".join(rows)
+
+
+def _advantages(args) -> int:
+    from .advantages import ADVANTAGES
+    from .plugins import load_builtin
+
+    load_builtin()
+    print(advantage_table(ADVANTAGES))
     return 0
 
 
@@ -212,6 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the registered correction methods").set_defaults(fn=_methods)
     sub.add_parser("tasks", help="list the registered tasks").set_defaults(fn=_tasks)
     sub.add_parser("corrections", help="list the rollout-correction modifiers").set_defaults(fn=_corrections)
+    sub.add_parser("advantages", help="list the advantage estimators").set_defaults(fn=_advantages)
     return parser
 
 

@@ -1,8 +1,9 @@
 """Typed run configuration: structured dataclasses, `key=value` overrides, validation.
 
-`method=vespo` and `task=math` select a registry entry and bring its typed arguments in, so
-`method.c1_pos=3` is type-checked; `model=moe` is shorthand for `model.name=moe`. Unknown keys
-and wrong types are errors. Every value is resolved before the run starts and saved with it.
+`method=vespo`, `task=math`, `correction=token_tis` and `advantage=rloo` select a registry entry and
+bring its typed arguments in, so `method.c1_pos=3` is type-checked; `model=moe` is shorthand for
+`model.name=moe`. Unknown keys and wrong types are errors. Every value is resolved before the run
+starts and saved with it.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class RolloutConfig:
     engine: str = "hf"
     """rollout engine: hf (transformers, CPU or GPU) | vllm (optional extra)"""
     group_size: int = 8
-    """responses sampled per prompt (G); GRPO advantages are computed within each group"""
+    """responses sampled per prompt (G); the advantage estimator's baselines are computed within each group"""
     temperature: float = 1.0
     """sampling temperature; behaviour and trainer log-probs both use softmax(logits / T)"""
     max_new_tokens: Optional[int] = None
@@ -99,8 +100,6 @@ class TrainConfig:
     """prompts per mini-batch (one optimizer step); null = batch_prompts / staleness, or 8"""
     batch_prompts: Optional[int] = None
     """prompts per rollout batch; null = minibatch_prompts x staleness (the paper's scheme)"""
-    adv_std_norm: bool = True
-    """GRPO advantage (R - mean) / (std + 1e-6); false = Dr.GRPO mean-only"""
 
 
 @dataclass
@@ -133,6 +132,9 @@ class RunConfig:
     correction: Any = "none"
     """rollout-correction modifier wrapping the method (see `offbench corrections`; none = no correction);
     its arguments are correction.<arg>"""
+    advantage: Any = "grpo"
+    """advantage estimator from the rollout batch's rewards (see `offbench advantages`; grpo = group mean and
+    std); its arguments are advantage.<arg>"""
     staleness: int = 4
     """N: a rollout batch is split into N mini-batches updated in turn; the last is N-1 versions old"""
     lag: int = 0
@@ -158,8 +160,11 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
 
 
-GROUPS = ("method", "task", "correction")  # keys whose value selects a registry entry
+GROUPS = ("method", "task", "correction", "advantage")  # keys whose value selects a registry entry
 SHORTHANDS = {"model": "model.name"}
+# keys that once existed: an override of one is an error that names its replacement
+RETIRED = {"train.adv_std_norm": "train.adv_std_norm was replaced by the advantage estimator registry: use "
+                                 "advantage=grpo for the old true (std scaling) or advantage=dr_grpo for the old false"}
 
 
 @dataclass
@@ -173,7 +178,7 @@ class _MethodCommon:
 
 @dataclass
 class _NameCommon:
-    """The common part of a task or correction node: just the registry name."""
+    """The common part of a task, correction or advantage node: just the registry name."""
 
     name: str = ""
 
@@ -241,13 +246,17 @@ def _check_key(cfg: DictConfig, key: str) -> None:
 def build_config(overrides: list[str] | None = None) -> DictConfig:
     """Defaults <- group selections <- overrides, then validation and derived values."""
     from . import plugins
+    from .advantages import ADVANTAGES
     from .correction import CORRECTIONS
     from .method import METHODS
     from .tasks_api import TASKS
 
     specs = {"method": (METHODS, _MethodCommon), "task": (TASKS, _NameCommon),
-             "correction": (CORRECTIONS, _NameCommon)}
+             "correction": (CORRECTIONS, _NameCommon), "advantage": (ADVANTAGES, _NameCommon)}
     pairs = parse_overrides(overrides or [])
+    for key, _ in pairs:
+        if key in RETIRED:
+            raise OffbenchError(RETIRED[key])
     cfg = OmegaConf.structured(RunConfig)
     # plugins first: they may register the method or task the other overrides name
     plugin_values = [v for k, v in pairs if k == "plugins"]
@@ -341,6 +350,13 @@ def resolve(cfg: DictConfig) -> None:
             cfg.warmstart.steps = task_cls.default_warmstart_steps(args)
     m = cfg.method
     METHODS.get(m.name).make_args(m)  # the method's own checks, before any work starts
+    from .advantages import ADVANTAGES
+    from .correction import CORRECTIONS
+
+    CORRECTIONS.get(cfg.correction.name).make_args(cfg.correction)  # likewise the correction's and the estimator's
+    estimator = ADVANTAGES.get(cfg.advantage.name)
+    estimator.make_args(cfg.advantage)
+    estimator.check_group_size(cfg.rollout.group_size)
     if m.agg is None:
         m.agg = METHODS.get(m.name).default_agg
     if m.agg not in AGG_MODES:
@@ -380,9 +396,10 @@ def _help_line(key: str, default: Any, doc: str) -> str:
 
 def help_text() -> str:
     """Every key with its default and doc, from the dataclasses themselves: the run config, the
-    common method keys, then the arguments of every registered method, task and correction
-    (tagged [name]; `method=NAME` etc. brings that entry's), the default entry first."""
+    common method keys, then the arguments of every registered method, task, correction and advantage
+    estimator (tagged [name]; `method=NAME` etc. brings that entry's), the default entry first."""
     from . import plugins
+    from .advantages import ADVANTAGES
     from .correction import CORRECTIONS
     from .method import METHODS, field_docs
     from .tasks_api import TASKS
@@ -403,7 +420,8 @@ def help_text() -> str:
     docs = field_docs(_MethodCommon)
     for f in dataclasses.fields(_MethodCommon)[1:]:
         lines.append(_help_line(f"method.{f.name}", f.default, docs.get(f.name, "")))
-    for group, reg in (("method", METHODS), ("task", TASKS), ("correction", CORRECTIONS)):
+    for group, reg in (("method", METHODS), ("task", TASKS), ("correction", CORRECTIONS),
+                       ("advantage", ADVANTAGES)):
         default = getattr(RunConfig, group)
         for name in sorted(reg, key=lambda n: (n != default, n)):
             args = reg.get(name).args

@@ -2,9 +2,11 @@
 
 A correction sees the mini-batch and returns per-token weights (multiplying the method's loss
 matrix, detached) and/or a mask that drops tokens or whole sequences (they leave the aggregation
-denominators too, as in verl's rejection sampling). Its ratio is pi_old / mu (verl's "rollout
-correction", decoupled mode); in pure staleness runs pi_old = mu and a correction is inert apart
-from numerics, by design.
+denominators too, as in verl's rejection sampling). Most read the engine ratio pi_old / mu (verl's
+"rollout correction", decoupled mode): in pure staleness runs pi_old = mu and such a correction is
+inert apart from numerics, by design. Those whose source compares the behaviour policy with the policy
+being trained (M2PO, OPSM, TRM) take `ratio=current`, pi_theta / mu with pi_theta detached, which the
+staleness moves; `correction_log_ratio` is the one place both are computed.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
+import torch
 from torch import Tensor
 
 from .losses import PolicyBatch
@@ -44,10 +47,35 @@ class Correction:
         if unknown:
             raise OffbenchError(f"correction {self.name!r} has no argument(s) {sorted(unknown)}; "
                                 f"its arguments: {', '.join(sorted(names)) or 'none'}")
-        return self.args(**values)
+        args = self.args(**values)
+        check = getattr(args, "check", None)  # an args class may validate its values (one-line errors)
+        if check is not None:
+            check()
+        return args
 
 
 CORRECTIONS: Registry[Correction] = Registry("correction")
+
+RATIOS = ("engine", "current")
+
+
+def correction_log_ratio(batch: PolicyBatch, ratio: str = "engine") -> Tensor:
+    """The per-token log-ratio a correction reads, [B, T], zero on padding, detached:
+
+    engine:  log pi_old - log mu. The engine/trainer gap (plus lag); verl's decoupled-mode rollout
+             ratio. Zero in pure staleness runs and in bypass mode, where pi_old = mu.
+    current: log pi_theta - log mu, pi_theta being the policy as this mini-batch's update starts (its
+             log-probs detached). The trainer takes one optimizer step per mini-batch, so this is
+             also AReaL's proximal policy over the behaviour policy and verl's bypass-mode ratio; it
+             carries the staleness (mini-batch i is i versions old) as well as the engine gap.
+    """
+    if ratio == "engine":
+        lr = batch.old_logp - batch.behav_logp
+    elif ratio == "current":
+        lr = batch.logp.detach() - batch.behav_logp
+    else:
+        raise OffbenchError(f"correction.ratio={ratio!r}: choose {' or '.join(RATIOS)}")
+    return torch.where(batch.mask > 0, lr, torch.zeros_like(lr))
 
 
 def register_correction(name: str, *, args: type):

@@ -1,4 +1,5 @@
-"""Docs from code: the README's method and task tables are generated from the registries.
+"""Docs from code: the README's method, task, correction and advantage tables are generated from the
+registries.
 
     python -m offpolicy_bench.docs          # rewrite README.md's tables in place
 tests/test_docs.py fails when README.md and the registries drift apart.
@@ -14,7 +15,8 @@ README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
 
 
 def render(text: str) -> str:
-    from .cli import correction_table, method_table, task_table
+    from .advantages import ADVANTAGES
+    from .cli import advantage_table, correction_table, method_table, task_table
     from .correction import CORRECTIONS
     from .method import METHODS
     from .plugins import load_builtin
@@ -22,7 +24,8 @@ def render(text: str) -> str:
 
     load_builtin()
     for key, table in (("methods-table", method_table(METHODS)), ("tasks-table", task_table(TASKS)),
-                       ("corrections-table", correction_table(CORRECTIONS))):
+                       ("corrections-table", correction_table(CORRECTIONS)),
+                       ("advantages-table", advantage_table(ADVANTAGES))):
         pattern = re.compile(rf"(<!-- {key}:start -->\n).*?(<!-- {key}:end -->)", re.S)
         if not pattern.search(text):
             raise SystemExit(f"README has no <!-- {key}:start/end --> markers")

@@ -385,7 +385,7 @@ def collect(grid_dir: str, swept: list[str] | None = None) -> None:
         if cfg is not None:
             schema_keys = {k for role in ("core", "knob") for k in record_columns(role).values()}
             for key in swept:  # a swept key the record does not hold already (e.g. optim.lr) is a column
-                sel = f"{key}.name" if key in ("method", "task", "correction", "model") else key
+                sel = f"{key}.name" if key in ("method", "task", "correction", "advantage", "model") else key
                 if sel in schema_keys:
                     continue
                 val = OmegaConf.select(cfg, sel)

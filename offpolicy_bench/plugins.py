@@ -28,11 +28,13 @@ def _import_package_modules(pkg_name: str) -> None:
 
 
 def load_builtin() -> None:
-    """Register the shipped methods and tasks, then those of installed entry points (once)."""
+    """Register the shipped methods, corrections, advantage estimators and tasks, then those of installed
+    entry points (once)."""
     global _loaded
     if _loaded:
         return
     _loaded = True
+    importlib.import_module("offpolicy_bench.advantages")  # the built-in advantage estimators
     _import_package_modules("offpolicy_bench.methods")
     _import_package_modules("offpolicy_bench.corrections")
     _import_package_modules("offpolicy_bench.tasks")

@@ -47,6 +47,7 @@ class RunRecord:
     seed: int = _col("core", "seed")
     lag: int = _col("knob", "lag")
     correction: str = _col("knob", "correction.name")
+    advantage: str = _col("knob", "advantage.name")  # the advantage estimator: runs with two are never pooled
     rollout_dtype: str = _col("knob", "rollout.dtype")
     agg: str = _col("meta", "method.agg")  # the aggregation mode actually used (method default or override)
     run_id: str = _col("meta")

@@ -7,8 +7,8 @@ then the mini-batches are updated one after another, so mini-batch i is trained 
 i versions newer than the one that sampled it (the VESPO paper's staleness). One optimizer step per
 mini-batch; a "gradient step" is one mini-batch, as on the paper's plots.
 
-No method name appears in this file: methods plug in through the registry, and every off-policy
-diagnostic is computed here, identically for all of them.
+No method or advantage-estimator name appears in this file: both plug in through their registries,
+and every off-policy diagnostic is computed here, identically for all of them.
 """
 
 from __future__ import annotations
@@ -19,8 +19,9 @@ import time
 import torch
 from omegaconf import DictConfig
 
+from .advantages import get_advantage
 from .config import config_hash
-from .losses import PolicyBatch, grpo_advantages, masked_mean, offpolicy_diagnostics
+from .losses import PolicyBatch, masked_mean, offpolicy_diagnostics
 from .method import get_method
 from .models import load_model
 from .offpolicy import WeightRing, engine_gap, moe_routing_diff
@@ -63,11 +64,11 @@ def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
     return out if greedy is None else {"accuracy_greedy": greedy["accuracy"], **out}
 
 
-def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, gen, device):
+def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, gen, device, advantage):
     """Phases 1-2: the whole rollout batch, sampled by the behaviour policy mu (the current policy, or
     the one `lag` optimizer steps back, in the engine's dtype; log mu recorded at sampling time),
-    graded, with GRPO group advantages (rows grouped G per prompt). Returns
-    (mu_version, rollout, grades, rewards, advantages)."""
+    graded, with the configured estimator's advantages over the whole rollout batch (rows grouped G per
+    prompt). Returns (mu_version, rollout, grades, rewards, advantages)."""
     mu_version = step
     if not engine.shares_trainer:
         mu_version, weights = ring.take(step)
@@ -80,7 +81,7 @@ def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, 
     ro = ro.to(device)  # an engine may return its rollout elsewhere (vLLM: CPU tensors)
     grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
     rewards = torch.tensor([gr.reward for gr in grades], device=device)
-    adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
+    adv = advantage(rewards, g, lengths=ro.response_mask.sum(-1), cfg=cfg.advantage)
     return mu_version, ro, grades, rewards, adv
 
 
@@ -153,6 +154,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     ring.maybe_store(0, model)
     method = get_method(cfg.method.name)
     method.make_args(cfg.method)  # validates the method's arguments before any work
+    advantage = get_advantage(cfg.advantage.name)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
                             weight_decay=cfg.optim.weight_decay)
     run_id = config_hash(cfg)
@@ -165,7 +167,8 @@ def train(cfg: DictConfig, log=print) -> dict:
     n, g, temp = cfg.staleness, cfg.rollout.group_size, cfg.rollout.temperature
     mb_rows = cfg.train.minibatch_prompts * g
     total = cfg.train.steps
-    log(f"run {cfg.name} ({run_id}): {cfg.method.name} (agg {cfg.method.agg}) on {cfg.task.name} "
+    log(f"run {cfg.name} ({run_id}): {cfg.method.name} (agg {cfg.method.agg}, advantage {cfg.advantage.name}) "
+        f"on {cfg.task.name} "
         f"[{task.version}], model {cfg.model.name}, staleness N={n}, lag {cfg.lag}, rollout {cfg.rollout.engine}/"
         f"{cfg.rollout.dtype}, {cfg.correction_mode}, {total} gradient steps -> {writer.dir}")
 
@@ -183,7 +186,7 @@ def train(cfg: DictConfig, log=print) -> dict:
         for _ in range(total // n):
             t_rollout = time.perf_counter()
             mu_version, ro, grades, rewards, adv = sample_rollout_batch(cfg, task, model, tok, engine, ring, step,
-                                                                        prompt_rng, gen, device)
+                                                                        prompt_rng, gen, device, advantage)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
             bypass = cfg.correction_mode == "bypass" and not engine.shares_trainer
             old_logps = pi_old_logprobs(model, mbs, temp, bypass)
