@@ -4,13 +4,13 @@ measures the estimator itself (the VESPO paper's claim is about its bias and var
 
 For one setting (task, model, lengths ...):
 1. The warm-started policy is the behaviour policy mu = theta_0. A reference trajectory trains it
-   on-policy (staleness 1, plain policy gradient with GRPO advantages, the run's optimizer and
+   on-policy (staleness 1, plain policy gradient with the run's advantages, the run's optimizer and
    learning rate) and keeps the weights theta_k of every requested version gap k: the policy k
    optimizer steps newer than mu, as the stalest mini-batch of staleness N = k + 1 sees it.
-2. M mini-batches (`batches`, of the run's mini-batch size) are sampled from mu once and graded
-   (GRPO advantages); log mu is recomputed by the trainer's forward, as `offbench run` does.
+2. M mini-batches (`batches`, of the run's mini-batch size) are sampled from mu once and graded; log mu is recomputed by the trainer's forward, as `offbench run` does.
 3. For each gap k and each method: the method's gradient on each mu mini-batch with pi = theta_k
-   (pi_old = mu: the rollout started at mu's version), every parameter, flattened.
+   (pi_old = mu: the rollout started at mu's version), every parameter, flattened. Advantages: the
+   run's estimator (`advantage=`, GRPO by default) within each mini-batch.
 4. The reference at gap k: the on-policy policy gradient of theta_k, -A log pi aggregated as the
    method aggregates, on R fresh mini-batches sampled from theta_k (`ref_batches`); its own
    standard error is reported (`reference_rel_se`).
@@ -191,10 +191,12 @@ def _flat_grad(loss, params) -> torch.Tensor:
 
 
 def _draw_batches(model, tok, task, cfg, n, rng, gen, device):
-    """n graded mini-batches sampled by `model`, with GRPO advantages and log-probs recomputed by the
-    trainer's forward (no grad)."""
-    from .losses import grpo_advantages
+    """n graded mini-batches sampled by `model`, with the run's advantage estimator (per mini-batch) and
+    log-probs recomputed by the trainer's forward (no grad)."""
+    from .advantages import get_advantage
     from .rollout import sample, sequence_logprobs
+
+    advantage = get_advantage(cfg.advantage.name)
 
     g = cfg.rollout.group_size
     out = []
@@ -205,7 +207,7 @@ def _draw_batches(model, tok, task, cfg, n, rng, gen, device):
                     generator=gen).to(device)
         grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
         rewards = torch.tensor([x.reward for x in grades], device=device)
-        adv = grpo_advantages(rewards, g, std_norm=cfg.train.adv_std_norm)
+        adv = advantage(rewards, g, lengths=ro.response_mask.sum(-1), cfg=cfg.advantage)
         with torch.no_grad():
             ro.behav_logp = sequence_logprobs(model, ro, cfg.rollout.temperature)[0]
         out.append((ro, adv))
@@ -222,7 +224,7 @@ def _pg_loss(logp, adv, mask, agg):
 
 def _trajectory(model, tok, task, cfg, gaps, rng, gen, device, log):
     """Weights theta_k for each k in gaps: k on-policy steps (staleness 1, plain policy gradient,
-    GRPO advantages, token-mean, the run's AdamW and gradient clip) from the warm start."""
+    the run's advantages, token-mean, the run's AdamW and gradient clip) from the warm start."""
     from .rollout import sequence_logprobs
 
     snaps = {0: copy.deepcopy(model.state_dict())}

@@ -163,25 +163,42 @@ class ParityLength(Arithmetic):
 """
 
 
+# a plug-in method is probed with no extra code: half the plain policy gradient
+HALF_METHOD = """
+from offpolicy_bench.method import register_method
+
+
+@register_method("half_pg", default_agg="token-mean", ratio="none", level="token", equation="test")
+def half_pg(batch, args):
+    return -0.5 * batch.advantages * batch.logp, {}
+"""
+
+
 def test_probe_command_writes_table_and_figure(tmp_path):
     out = tmp_path / "p"
     (tmp_path / "parity_task.py").write_text(PARITY_TASK)
-    r = offbench("probe", "method=[vespo,naive_is,token_clip]", "version_gap=[0,2]", "batches=3", "ref_batches=3",
-                 f"plugins=[{tmp_path / 'parity_task.py'}]", "task=parity_len", "optim.lr=0.01", *PROBE_TINY,
-                 f"out={out}")
+    (tmp_path / "half_pg.py").write_text(HALF_METHOD)
+    r = offbench("probe", "method=[vespo,naive_is,token_clip,half_pg]", "version_gap=[0,2]", "batches=3",
+                 "ref_batches=3", f"plugins=[{tmp_path / 'parity_task.py'},{tmp_path / 'half_pg.py'}]",
+                 "task=parity_len", "optim.lr=0.01", *PROBE_TINY, f"out={out}")
     assert r.returncode == 0, r.stdout + r.stderr
     df = pd.read_parquet(out / "probe.parquet")
-    assert len(df) == 3 * 2
+    assert len(df) == 4 * 2
+    half = df[df.method == "half_pg"].set_index("version_gap")
+    assert (half["grad_norm_ratio"] > 0).all()
     for col in ("method", "version_gap", "response_len", "cosine_to_onpolicy", "relative_bias",
                 "relative_variance", "ess", "m_pos_Z", "m_pos_phi2_over_W2", "w2_mean"):
         assert col in df.columns, col
-    g0 = df[df.version_gap == 0]
+    g0 = df[(df.version_gap == 0) & (df.method != "half_pg")]
     # gap 0: pi = mu, every method computes the same gradient on the same mini-batches
     assert g0["cosine_to_onpolicy"].nunique() == 1 and (g0["ess"] == 1.0).all()
-    g2 = df[df.version_gap == 2]
+    g2 = df[(df.version_gap == 2) & (df.method != "half_pg")]
     assert (g2["ess"] < 1.0).all() and g2["cosine_to_onpolicy"].nunique() > 1
     assert (out / "probe.png").exists()
     assert "cosine_to_onpolicy" in r.stdout
+    # at gap 0 the plug-in is the others' gradient halved: same direction, half the norm
+    assert half.loc[0, "cosine_to_onpolicy"] == pytest.approx(g0["cosine_to_onpolicy"].iloc[0], rel=1e-6)
+    assert half.loc[0, "grad_norm_ratio"] == pytest.approx(0.5 * g0["grad_norm_ratio"].iloc[0], rel=1e-6)
 
 
 @pytest.mark.parametrize("args,fragment", [
