@@ -15,7 +15,7 @@ class GMPOArgs:
 
 
 @register_method("gmpo", args=GMPOArgs, default_agg="seq-mean-token-mean", ratio="old", level="sequence",
-                 equation="GMPO (geometric-mean policy optimisation; SCIENCE.md Methods 9)", color="#17becf")
+                 equation="GMPO, arXiv 2507.20673 (geometric-mean clipped objective)", color="#17becf")
 def gmpo(batch, args):
     """GMPO: PPO-style clipping of the geometric mean of the token ratios.
 
@@ -30,6 +30,8 @@ def gmpo(batch, args):
     The exponent is clamped to +-20 for the value only (exponent - sg(exponent) + sg(clamp)),
     so the gradient stays finite and nonzero; clamp rate reported. clip_frac is the share of
     response tokens whose log ratio is clipped (zero gradient). No KL, no entropy bonus.
+    Sources: arXiv 2507.20673 (GMPO, Zhao et al.); verl core_algos.py compute_policy_loss_geo_mean
+    (loss_mode geo_mean).
     """
     m = batch.mask
     adv = batch.seq_adv

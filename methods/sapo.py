@@ -25,7 +25,7 @@ CURVE = WeightCurve(weight=_gate, label=lambda a, pos: f"SAPO gate 4 r s(1-s), t
                     style=("--", 1.8))
 
 @register_method("sapo", args=SAPOArgs, default_agg="token-mean", ratio="old", level="token",
-                 equation="SAPO soft gate (SCIENCE.md Methods 6)", color="#ff7f0e", curve=CURVE)
+                 equation="SAPO, arXiv 2511.20347 (soft gate)", color="#ff7f0e", curve=CURVE)
 def sapo(batch, args):
     """SAPO: a smooth sigmoid gate on the token ratio instead of a hard clip.
 
@@ -33,8 +33,10 @@ def sapo(batch, args):
     f(r) = (4/tau) sigmoid(tau (r - 1));   L_t = -f(r_t) * A_t
     gradient: -A_t * 4 r_t s_t (1 - s_t) grad log pi, s_t = sigmoid(tau (r_t - 1)); the
     coefficient is 1 at r = 1 (so on-policy SAPO is the plain policy gradient) and decays
-    smoothly for r far from 1. tau = tau_pos if A_t > 0 else tau_neg (A = 0 takes tau_neg, as
-    SCIENCE.md's sign rule; it contributes no gradient either way). The sign is per token.
+    smoothly for r far from 1. tau = tau_pos if A_t > 0 else tau_neg (A = 0 takes tau_neg, as verl's
+    compute_policy_loss_sapo and TRL's loss_type="sapo"; it contributes no gradient either way). The sign
+    is per token. Sources: arXiv 2511.20347 (SAPO, Gao et al.); verl core_algos.py
+    compute_policy_loss_sapo; TRL trl/trainer/grpo_trainer.py.
     Conventions: log r_t clamped to +-20 before exp() (there the true coefficient is < 1e-8;
     clamped tokens get zero gradient), clamp rate reported. Aggregation token-mean (as the
     GRPO/VESPO baselines). Value note: f(1) = 2/tau, so the loss value has a constant offset

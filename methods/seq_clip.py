@@ -21,9 +21,9 @@ def seq_clip(batch, args):
 
     W = exp(sum_t (logp_t - behav_logp_t)) (true product vs mu, the sampler, no length norm).
     coef = min(W, c);   L_t = -sg(coef) * A * log pi_theta(y_t), for either sign of A.
-    Default c = 2.0: SCIENCE.md gives no value for App. A; we take the truncation level of
-    truncated IS (TIS, C = 2, SCIENCE.md Methods 11 / verl rollout correction). With c >= 1 the
-    on-policy limit (W = 1) is the plain policy gradient. Alternative: SkyRL's sequence TIS cap 5.
+    Default c = 2.0: the paper's App. A gives no value; we take the truncation level of truncated
+    IS in verl's rollout correction (rollout_is_threshold = 2.0, verl/trainer/config/algorithm.py).
+    With c >= 1 the on-policy limit (W = 1) is the plain policy gradient. Alternative: SkyRL's sequence TIS cap 5.
     Only the top is truncated: W -> 0 keeps its (small) weight, unlike VESPO, whose kernel also
     damps W >> 1 smoothly. log W clamped to +-log_w_clamp before exp() (clamp rate reported).
     Aggregation token-mean (as VESPO). No KL, no entropy bonus.

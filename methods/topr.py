@@ -13,7 +13,7 @@ class TOPRArgs:
 
 
 @register_method("topr", args=TOPRArgs, default_agg="token-mean", ratio="behaviour", level="sequence",
-                 equation="TOPR (Tapered Off-Policy REINFORCE; SCIENCE.md Methods 8)", color="#e377c2")
+                 equation="TOPR, arXiv 2503.14286 (tapered off-policy REINFORCE)", color="#e377c2")
 def topr(batch, args):
     """TOPR: no IS weight on positive samples, truncated sequence IS on negative ones.
 
@@ -26,6 +26,7 @@ def topr(batch, args):
     exp() (clamp rate reported; for A < 0 only the lower clamp can matter, W < e^-20 ~ 0).
     Aggregation token-mean (as VESPO's released code) so the correction ablates apart from the
     aggregation; the TOPR paper sums per trajectory. No KL, no entropy bonus, no baseline change.
+    Source: arXiv 2503.14286 (Le Roux, Bellemare et al., "Tapered Off-Policy REINFORCE").
     """
     log_w, clamp_frac = clamp_log(seq_log_ratio(batch.logp.detach(), batch.behav_logp, batch.mask), args.log_w_clamp)
     w = torch.exp(log_w)

@@ -61,7 +61,8 @@ def vespo(batch, args):
     agree). log W is clamped to [-20, 20] as in the released code (phi < 1e-16 there either way);
     the clamp rate is reported. Aggregation token-mean, as in the released code.
 
-    Ablations the paper runs (SCIENCE.md Methods 12), as settings of this one method:
+    Ablations the paper runs (arXiv 2602.10693: length normalisation, symmetric kernels), as settings of
+    this one method:
     - length_norm=lin: log W -> log W / T; length_norm=sqrt: log W -> log W / sqrt(T), with T the
       sequence's response length, applied before the kernel (and before the +-20 clamp). The
       paper reports the length-normalised variants collapse.

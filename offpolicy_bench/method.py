@@ -131,6 +131,30 @@ def register_method(name: str, *, args: type = NoArgs, default_agg: str = "token
     return deco
 
 
+def check_arg(method: str, name: str, value: Any, low: float | None = None, high: float | None = None, *,
+              low_open: bool = False, high_open: bool = False, none_ok: bool = False) -> None:
+    """Argument validation for method args dataclasses (call from `__post_init__`): a value outside
+    [low, high] (open ends with low_open / high_open; None = unbounded) is a one-line OffbenchError
+    naming the range, e.g. `dppo_tv: delta_low=-0.1 must be in (0, 1]`."""
+    if value is None:
+        if none_ok:
+            return
+        raise OffbenchError(f"{method}: {name} must be a number, not null")
+    ok = (low is None or (value > low if low_open else value >= low)) and \
+         (high is None or (value < high if high_open else value <= high))
+    if not ok:
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        rng = f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+        raise OffbenchError(f"{method}: {name}={value!r} must be in {rng}" + (" or null" if none_ok else ""))
+
+
+def check_choice(method: str, name: str, value: Any, choices: tuple) -> None:
+    """One-line OffbenchError when `value` is not one of `choices`."""
+    if value not in choices:
+        raise OffbenchError(f"{method}: {name}={value!r} is not one of {', '.join(map(str, choices))}")
+
+
 def get_method(name: str) -> Method:
     from . import plugins
 
@@ -158,4 +182,4 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 __all__ = ["Method", "MethodOutput", "METHODS", "register_method", "get_method", "NoArgs", "field",
-           "field_docs"]
+           "field_docs", "check_arg", "check_choice"]

@@ -6,7 +6,7 @@
     plots.save(fig, "figs", "reward")        # -> figs/reward.png, figs/reward.pdf
     plots.plot_all("results/my-grid")        # every applicable figure -> <grid>/figures/
 
-Figures (SCIENCE.md "Figures users regenerate"):
+Figures (the VESPO paper's figure set, arXiv 2602.10693):
   kernel_figure     every registered method's gradient weight vs its ratio (its registration's curve)
   reward_vs_step    train reward vs gradient step, a panel per method, a line per staleness N
   metric_grid       rows N x columns reward / eval accuracy / length / KL(mu||pi) / entropy / loss

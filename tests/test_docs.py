@@ -33,3 +33,27 @@ def test_template_method_is_not_registered():
 
     load_builtin()
     assert "my_method" not in METHODS
+
+
+def test_methods_doc_has_a_section_per_method_naming_its_arguments():
+    import dataclasses
+
+    from offpolicy_bench.method import METHODS
+    from offpolicy_bench.plugins import load_builtin
+
+    load_builtin()
+    text = open(os.path.join(ROOT, "docs", "METHODS.md")).read()
+    sections = {m.group(1): m.group(2) for m in re.finditer(r"^### `(\w+)`[^\n]*\n(.*?)(?=^##|\Z)", text, re.S | re.M)}
+    assert set(METHODS) <= set(sections), sorted(set(METHODS) - set(sections))
+    for name, method in METHODS.items():
+        for f in dataclasses.fields(method.args):
+            assert f.name in sections[name], (name, f.name)
+
+
+def test_no_citation_of_files_outside_the_repository():
+    for folder in ("methods", "offpolicy_bench", "corrections", "tests", "docs"):
+        for dirpath, _, files in os.walk(os.path.join(ROOT, folder)):
+            for fn in files:
+                if fn.endswith((".py", ".md")) and fn != "test_docs.py":
+                    assert "SCIENCE.md" not in open(os.path.join(dirpath, fn)).read(), os.path.join(dirpath, fn)
+    assert "SCIENCE.md" not in open(README).read()
