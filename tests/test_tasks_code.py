@@ -368,7 +368,7 @@ def test_level5_entropy_floor_matches_a_monte_carlo_estimate():
     assert 1.5 < mean_lines <= 2
 
 
-@pytest.mark.parametrize("kw,fragment", [({"level": 6}, "task.level=6 unknown; levels: [1, 2, 3, 4, 5]"),
+@pytest.mark.parametrize("kw,fragment", [({"level": 7}, "task.level=7 unknown; levels: [1, 2, 3, 4, 5, 6]"),
                                          ({"level": 5, "habit": -0.1}, "task.habit must be in [0, 1]"),
                                          ({"level": 5, "eval_size": 0}, "task.eval_size must be in [1, 2873] at level 5"),
                                          ({"level": 5, "eval_size": 3000}, "task.eval_size must be in [1, 2873] at level 5")])
@@ -390,3 +390,69 @@ def test_level5_response_cap_fits_the_longest_body():
     assert longest <= cfg.rollout.max_new_tokens <= longest + 4
     assert build_config(["task=code"]).rollout.max_new_tokens == 8
     assert build_config(["task=code", "task.level=5", "rollout.max_new_tokens=50"]).rollout.max_new_tokens == 50
+
+
+# ------------------------------------------------------------------ synthetic code, level 6: task.lines lines, three habits
+
+
+def test_level6_reference_passes_and_every_single_habit_fails():
+    from offpolicy_bench.tasks.code.synthetic import HABIT_KINDS, lines_body
+
+    t = task("code", level=6, lines=5, eval_size=64)
+    exs = t.eval_examples()[:30]
+    comps, want, ex_of = [], [], []
+    for e in exs:
+        lines = e.answer.split("\n")
+        assert len(lines) == 5 and lines[-1].startswith("    return ") and len(e.answer) >= 64
+        assert any(c >= 10 for _, c in e.meta["steps"])  # two-digit constants
+        comps.append(e.answer)
+        want.append(True)
+        ex_of.append(e)
+        for i, kinds in enumerate(e.meta["habitable"]):
+            assert set(kinds) <= set(HABIT_KINDS)
+            for k in kinds:
+                comps.append(lines_body(e.meta["steps"], e.meta["params"], {i: k}))
+                want.append(False)
+                ex_of.append(e)
+    assert sum(not w for w in want) > 150
+    assert [g.correct for g in t.grade_batch(ex_of, comps)] == want
+    # the three habits as written: argument, transposed digits, swapped sign
+    steps = (("add", 37), ("sub", 12), ("mul", 4), ("add", 25))
+    assert lines_body(steps, "x", {1: "arg", 3: "swap"}) == \
+        "y = x + 37\n    y = x - 12\n    y = y * 4\n    return y + 52"
+    assert lines_body(steps, "x", {1: "op"}).split("\n")[1] == "    y = y + 12"
+
+
+def test_level6_entropy_floor_matches_a_monte_carlo_estimate():
+    import collections
+    import math
+
+    t = task("code", level=6, lines=3, habit=0.4)
+    ex = next(e for e in t.train_examples(400, random.Random(4))
+              if sorted(len(k) for k in e.meta["habitable"]) == [1, 2, 3])
+    rng, draws = random.Random(5), 60000
+    counts = collections.Counter(t.lines_target(ex, rng) for _ in range(draws))
+    assert len(counts) == 2 * 3 * 4  # each line: right, or one of its habits; all distinct texts
+    plug_in = -sum(c / draws * math.log(c / draws) for c in counts.values())
+    assert t.warmstart_entropy(ex) == pytest.approx(plug_in, abs=0.01)
+    h = -(0.4 * math.log(0.4) + 0.6 * math.log(0.6))
+    assert t.warmstart_entropy(ex) == pytest.approx(3 * h + 0.4 * (math.log(2) + math.log(3)))
+
+
+def test_level6_defaults_holdout_and_bad_arguments():
+    from offpolicy_bench.config import build_config
+    from offpolicy_bench.registry import OffbenchError
+
+    t = task("code", level=6)
+    assert t.cfg.habit == 0.15 and t.cfg.lines == 5 and task("code", level=5).cfg.habit == 0.5
+    keys = {e.meta["steps"] for e in t.eval_examples()}
+    assert len(keys) == 256 and not {e.meta["steps"] for e in t.warmstart_examples(5000, random.Random(2))} & keys
+    for n in (3, 8):
+        longest = max(len(e.answer) for e in task("code", level=6, lines=n).train_examples(3000, random.Random(7))) + 1
+        cap = build_config(["task=code", "task.level=6", f"task.lines={n}"]).rollout.max_new_tokens
+        assert longest <= cap <= longest + 4
+    for kw, fragment in (({"level": 6, "lines": 2}, "task.lines must be in [3, 8], got 2"),
+                         ({"level": 6, "lines": 9}, "task.lines must be in [3, 8], got 9")):
+        with pytest.raises(OffbenchError) as e:
+            task("code", **kw)
+        assert fragment in str(e.value) and "\n" not in str(e.value)
