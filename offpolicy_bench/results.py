@@ -48,6 +48,7 @@ class RunRecord:
     lag: int = _col("knob", "lag")
     correction: str = _col("knob", "correction.name")
     rollout_dtype: str = _col("knob", "rollout.dtype")
+    routing_replay: str = _col("knob", "rollout.routing_replay")
     agg: str = _col("meta", "method.agg")  # the aggregation mode actually used (method default or override)
     run_id: str = _col("meta")
     status: str = _col("meta")
