@@ -6,23 +6,24 @@ difference (a bf16 engine, another kernel, weights one step newer) can flip a ne
 then runs through another expert: its log-prob jumps, not by rounding but by a whole expert's output.
 Replay removes that source of off-policyness by making a pass use recorded experts.
 
-- `r3`, Rollout Routing Replay (Ma et al., arXiv 2510.11370, Sec. 3): the rollout engine records the
-  experts of every token it feeds at sampling time (each distinct prompt's prefill, then every decode
-  step); the trainer's pi_old pass and every update pass replay them, so pi_old and pi_theta are
-  computed through the experts that produced mu.
-- `r2`, Vanilla Routing Replay (GSPO's routing replay, arXiv 2507.18071, Sec. 5.3; named R2 next to
-  R3 in arXiv 2512.01374, Sec. 3.2): the trainer's own no-grad pi_old pass of each mini-batch records
-  its routing, and that mini-batch's update pass replays it, so pi_theta / pi_old compares the same
-  experts. Mini-batch 0 is trained before any update: its training forward is its pi_old pass
-  (`trainer.first_minibatch_pi_old`), so there is nothing to replay. The engine's routing is untouched:
-  r2 does not reduce the engine-vs-trainer gap, only the routing drift within a rollout batch.
+- `r3`, Rollout Routing Replay (Ma et al., arXiv 2510.11370, section "Rollout Routing Replay"): the
+  rollout engine records the experts of every token it feeds at sampling time (each distinct prompt's
+  prefill, then every decode step); the trainer's pi_old pass and every update pass replay them, so
+  pi_old and pi_theta are computed through the experts that produced mu.
+- `r2`, Vanilla Routing Replay (the routing replay of GSPO, arXiv 2507.18071, section "Benefit of GSPO
+  for MoE Training"; named R2 beside R3 in arXiv 2512.01374, Sec. 3.2): the trainer's own no-grad
+  pi_old pass of each mini-batch records its routing, and that mini-batch's update pass replays it, so
+  pi_theta / pi_old compares the same experts. Mini-batch 0 is trained before any update: its training
+  forward is its pi_old pass (`trainer.first_minibatch_pi_old`), so there is nothing to replay. The
+  engine's routing is untouched: r2 does not narrow the engine-vs-trainer gap, only the routing drift
+  within a rollout batch.
 
 What is replayed is the discrete selection only. The router logits s are still computed by the current
 router, and the replayed set E gets the weights the model itself would give a top-k set:
     g_i = softmax(s)_i / sum_{j in E} softmax(s)_j   for i in E, 0 otherwise
 (`norm_topk_prob=True`, our built-in models; without it, the softmax(s)_i unnormalised, as the model
-does). That is R3's softmax of the training logits under the inference routing mask (arXiv 2510.11370,
-Sec. 3) and verl's replay (`verl/utils/megatron/router_replay_patch.py`, mode `replay_forward`: the live
+does). That is R3's softmax of the training logits under the inference routing mask (arXiv 2510.11370)
+and verl's replay (`verl/utils/megatron/router_replay_patch.py`, mode `replay_forward`: the live
 scores gathered at the target indices). Gradients reach the router weights through the g_i.
 
 Layout: a routing table [B, T, L, k] (int64) aligned with `Rollout.input_ids` (row, position), L MoE
