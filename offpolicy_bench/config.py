@@ -76,6 +76,9 @@ class RolloutConfig:
     task's own cap (8 for the short built-in tasks; math_cot: room for its whole chain)"""
     dtype: str = "float32"
     """engine precision (float32 | bfloat16 | float16); not float32 = train/inference mismatch"""
+    routing_replay: str = "none"
+    """MoE routing replay (model=moe): none | r2 (update passes reuse the experts of the trainer's pi_old
+    pass) | r3 (pi_old and update passes reuse the experts the engine routed at sampling time, hf engine)"""
 
 
 @dataclass
@@ -321,6 +324,7 @@ def resolve(cfg: DictConfig) -> None:
     if cfg.rollout.dtype not in DTYPES:
         raise OffbenchError(f"rollout.dtype={cfg.rollout.dtype!r}: choose one of {', '.join(DTYPES)}")
     ENGINES.get(cfg.rollout.engine)
+    _check_routing_replay(cfg)
     n = cfg.staleness
     t = cfg.train
     if t.batch_prompts is not None and t.batch_prompts % n:
@@ -372,6 +376,34 @@ def resolve(cfg: DictConfig) -> None:
         from .trackers import check_trackers
 
         check_trackers(cfg.log.trackers)
+
+
+def _check_routing_replay(cfg: DictConfig) -> None:
+    """rollout.routing_replay: a known mode, on a Qwen3-MoE model, in a setting where it has a pass to act on."""
+    from .routing import MODES
+
+    mode, name = cfg.rollout.routing_replay, cfg.model.name
+    if mode not in MODES:
+        raise OffbenchError(f"rollout.routing_replay={mode!r}: choose one of {', '.join(MODES)}")
+    if mode == "none":
+        return
+    if name == "dense":
+        raise OffbenchError(f"rollout.routing_replay={mode} replays MoE expert routing; model=dense has none: "
+                            f"set model=moe or rollout.routing_replay=none")
+    path_cfg = os.path.join(name, "config.json")
+    if os.path.isfile(path_cfg):
+        with open(path_cfg) as f:
+            model_type = json.load(f).get("model_type")
+        if model_type != "qwen3_moe":
+            raise OffbenchError(f"rollout.routing_replay={mode} needs a Qwen3-MoE model; model={name!r} is "
+                                f"{model_type!r}: set rollout.routing_replay=none")
+    if mode == "r3" and cfg.rollout.engine != "hf":
+        raise OffbenchError(f"rollout.routing_replay=r3 needs the engine to record its routing, which only "
+                            f"rollout.engine=hf does: set rollout.engine=hf, or rollout.routing_replay=r2")
+    if mode == "r2" and cfg.correction_mode == "bypass":
+        raise OffbenchError("rollout.routing_replay=r2 replays the trainer's pi_old pass, which "
+                            "correction_mode=bypass does not run: set correction_mode=decoupled, or "
+                            "rollout.routing_replay=r3")
 
 
 def config_hash(cfg: DictConfig, exclude: tuple[str, ...] = ("name", "log", "threads")) -> str:

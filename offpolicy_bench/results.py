@@ -49,6 +49,7 @@ class RunRecord:
     correction: str = _col("knob", "correction.name")
     advantage: str = _col("knob", "advantage.name")  # the advantage estimator: runs with two are never pooled
     rollout_dtype: str = _col("knob", "rollout.dtype")
+    routing_replay: str = _col("knob", "rollout.routing_replay")
     agg: str = _col("meta", "method.agg")  # the aggregation mode actually used (method default or override)
     run_id: str = _col("meta")
     status: str = _col("meta")

@@ -24,10 +24,11 @@ from .config import config_hash
 from .losses import PolicyBatch, masked_mean, offpolicy_diagnostics
 from .method import get_method
 from .models import load_model
-from .offpolicy import WeightRing, engine_gap, moe_routing_diff
+from .offpolicy import WeightRing, engine_gap
 from .results import RunWriter, record_from_config
 from .rollout import sample, sequence_logprobs
 from .rollout.engines import make_engine
+from .routing import RoutingReplay
 from .tasks_api import build_task
 
 
@@ -64,11 +65,12 @@ def evaluate(model, tok, task, cfg: DictConfig) -> dict[str, float]:
     return out if greedy is None else {"accuracy_greedy": greedy["accuracy"], **out}
 
 
-def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, gen, device, advantage):
+def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, gen, device, advantage, replay):
     """Phases 1-2: the whole rollout batch, sampled by the behaviour policy mu (the current policy, or
-    the one `lag` optimizer steps back, in the engine's dtype; log mu recorded at sampling time),
-    graded, with the configured estimator's advantages over the whole rollout batch (rows grouped G per
-    prompt). Returns (mu_version, rollout, grades, rewards, advantages)."""
+    the one `lag` optimizer steps back, in the engine's dtype; log mu, and for routing replay r3 the
+    MoE experts, recorded at sampling time), graded, with the configured estimator's advantages over
+    the whole rollout batch (rows grouped G per prompt). Returns (mu_version, rollout, grades,
+    rewards, advantages)."""
     mu_version = step
     if not engine.shares_trainer:
         mu_version, weights = ring.take(step)
@@ -77,7 +79,7 @@ def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, 
     g = cfg.rollout.group_size
     exs = task.train_examples(cfg.train.batch_prompts, prompt_rng)
     ro = engine.sample(tok, [e.prompt for e in exs], g, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                       generator=gen)
+                       generator=gen, **replay.engine_kwargs)
     ro = ro.to(device)  # an engine may return its rollout elsewhere (vLLM: CPU tensors)
     grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
     rewards = torch.tensor([gr.reward for gr in grades], device=device)
@@ -85,14 +87,16 @@ def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, 
     return mu_version, ro, grades, rewards, adv
 
 
-def pi_old_logprobs(model, mbs, temperature, bypass):
+def pi_old_logprobs(model, mbs, temperature, bypass, replay):
     """Phase 3: log pi_old of every mini-batch, pi_old = the trainer's policy before any update of this
-    rollout batch. Mini-batches 1.. get one no-grad pass now; mini-batch 0's slot stays None, filled by
-    `first_minibatch_pi_old` from its own training forward. Bypass mode (own engine): pi_old = mu."""
+    rollout batch. Mini-batches 1.. get one no-grad pass now (MoE routing replayed or recorded as
+    rollout.routing_replay says); mini-batch 0's slot stays None, filled by `first_minibatch_pi_old`
+    from its own training forward. Bypass mode (own engine): pi_old = mu."""
     if bypass:
         return [mb.behav_logp for mb in mbs]
     with torch.no_grad():
-        return [None] + [sequence_logprobs(model, mb, temperature)[0] for mb in mbs[1:]]
+        return [None] + [sequence_logprobs(model, mb, temperature, routing=replay.pi_old_tap(model, mb))[0]
+                         for mb in mbs[1:]]
 
 
 def first_minibatch_pi_old(logp, mbs, old_logps, shares_trainer) -> dict[str, float]:
@@ -150,6 +154,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     model.to(cfg.device)
     device = next(model.parameters()).device
     engine = make_engine(cfg.rollout.engine, model, tok, cfg)
+    replay = RoutingReplay(cfg.rollout.routing_replay, model)  # MoE routing: which pass records, which replays
     ring = WeightRing(cfg.lag, cfg.staleness, enabled=not engine.shares_trainer)
     ring.maybe_store(0, model)
     method = get_method(cfg.method.name)
@@ -186,21 +191,19 @@ def train(cfg: DictConfig, log=print) -> dict:
         for _ in range(total // n):
             t_rollout = time.perf_counter()
             mu_version, ro, grades, rewards, adv = sample_rollout_batch(cfg, task, model, tok, engine, ring, step,
-                                                                        prompt_rng, gen, device, advantage)
+                                                                        prompt_rng, gen, device, advantage, replay)
             mbs = [ro.rows(slice(i * mb_rows, (i + 1) * mb_rows)) for i in range(n)]
             bypass = cfg.correction_mode == "bypass" and not engine.shares_trainer
-            old_logps = pi_old_logprobs(model, mbs, temp, bypass)
-            gap = {}
-            routing = None if engine.shares_trainer else moe_routing_diff(getattr(engine, "model", None), model, mbs[0])
-            if routing is not None:
-                gap["moe_routing_diff_frac"] = routing
+            old_logps = pi_old_logprobs(model, mbs, temp, bypass, replay)
+            gap = {} if engine.shares_trainer else replay.routing_diff(getattr(engine, "model", None), model, mbs[0])
             t_rollout = time.perf_counter() - t_rollout  # sampling, grading, pi_old: shared by the N steps
             # update on each mini-batch in turn: mini-batch i is i policy versions stale
             model.train()
             for i, mb in enumerate(mbs):
                 t_update = time.perf_counter()
                 rows = slice(i * mb_rows, (i + 1) * mb_rows)
-                logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True)
+                tap = replay.update_tap(i, mb)
+                logp, ent = sequence_logprobs(model, mb, temp, with_entropy=True, routing=tap)
                 if i == 0 and not bypass:
                     gap.update(first_minibatch_pi_old(logp, mbs, old_logps, engine.shares_trainer))
                 batch = PolicyBatch(logp=logp, old_logp=old_logps[i], behav_logp=mb.behav_logp,
@@ -210,7 +213,7 @@ def train(cfg: DictConfig, log=print) -> dict:
                 t_update = time.perf_counter() - t_update
                 last = step_metrics(batch, out, mb, rewards[rows], adv[rows], grades[rows], ent, grad_norm,
                                     version_gap=step - 1 - mu_version, t_update=t_update, t_rollout=t_rollout / n)
-                last.update(gap)
+                last.update({**gap, **replay.step_metrics(tap)})
                 writer.log(step, "train", last)
                 ring.maybe_store(step, model)
                 if step % cfg.log.eval_every == 0 or step == total:

@@ -104,9 +104,9 @@ def routed_experts(model, ro):
 
 
 def test_moe_routing_differences_are_measured(tmp_path, monkeypatch):
-    import offpolicy_bench.trainer as trainer
+    import offpolicy_bench.offpolicy as offpolicy
 
-    expected, measured = [], trainer.moe_routing_diff
+    expected, measured = [], offpolicy.moe_routing_diff
 
     def record(engine_model, trainer_model, ro):  # the engine (bf16) and the trainer (fp32) at this step
         a, b = routed_experts(engine_model, ro), routed_experts(trainer_model, ro)
@@ -114,7 +114,7 @@ def test_moe_routing_differences_are_measured(tmp_path, monkeypatch):
         expected.append(sum(a[k] != b[k] for k in a) / len(a))
         return measured(engine_model, trainer_model, ro)
 
-    monkeypatch.setattr(trainer, "moe_routing_diff", record)
+    monkeypatch.setattr(offpolicy, "moe_routing_diff", record)
     m = run(tmp_path, "model=moe", "staleness=1", "rollout.dtype=bfloat16")
     assert len(expected) == len(m) == 4  # one rollout batch per gradient step at N=1
     assert m.moe_routing_diff_frac.tolist() == pytest.approx(expected, abs=1e-12)

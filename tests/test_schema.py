@@ -37,7 +37,7 @@ def test_run_json_and_summary_carry_every_config_field_of_the_record(tmp_path):
     assert keyed <= set(run) and keyed <= set(summary)
     assert (run["correction"], summary["correction"], run["staleness"], run["agg"]) == \
         ("token_tis", "token_tis", 2, "token-mean")
-    assert set(record_columns("knob")) == {"lag", "correction", "advantage", "rollout_dtype"}
+    assert set(record_columns("knob")) == {"lag", "correction", "advantage", "rollout_dtype", "routing_replay"}
 
 
 def test_grid_tables_hold_the_record_and_only_extra_swept_keys(tiny_grid):

@@ -46,11 +46,14 @@ class HFEngine:
         for name, p in self.model.named_parameters():
             p.copy_(state[name])
 
-    def sample(self, tok, prompts, group_size, temperature, max_new_tokens, generator=None) -> Rollout:
+    def sample(self, tok, prompts, group_size, temperature, max_new_tokens, generator=None,
+               record_routing=False) -> Rollout:
+        """`record_routing` (MoE): also return the experts routed at sampling time (Rollout.routing)."""
         was_training = self.model.training
         self.model.eval()
         try:
-            return sample(self.model, tok, prompts, group_size, temperature, max_new_tokens, generator=generator)
+            return sample(self.model, tok, prompts, group_size, temperature, max_new_tokens, generator=generator,
+                          record_routing=record_routing)
         finally:
             self.model.train(was_training)
 

@@ -5,6 +5,10 @@ common length P, responses right-padded to R; position ids count only real token
 log-prob of each sampled token is log_softmax(logits / T) in fp32 over the full vocabulary: the
 same distribution it was sampled from, and the same function the trainer uses (no top-p / top-k,
 no generation_config of a checkpoint applied behind our back).
+
+MoE routing replay (`offpolicy_bench.routing`): `sample(record_routing=True)` records the experts of
+every token it feeds into `Rollout.routing`; `sequence_logprobs(routing=tap)` records into or replays
+from a table in the same layout, through every forward pass it makes.
 """
 
 from __future__ import annotations
@@ -13,6 +17,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+
+from ..routing import RouterTap, tapped
 
 
 @dataclass
@@ -24,6 +30,7 @@ class Rollout:
     behav_logp: Tensor  # [B, R] log mu of each sampled token (0 on padding)
     texts: list[str]  # decoded responses, without EOS / padding
     truncated: Tensor  # [B] bool, hit max_new_tokens without EOS
+    routing: Tensor | None = None  # [B, P + R, L, k] MoE experts per position and layer, -1 = none (routing.py)
 
     def to(self, device) -> "Rollout":
         """The same rollout with its tensors on `device` (itself if they are there already)."""
@@ -31,7 +38,7 @@ class Rollout:
             return self
         return Rollout(self.input_ids.to(device), self.attention_mask.to(device), self.prompt_len,
                        self.response_mask.to(device), self.behav_logp.to(device), self.texts,
-                       self.truncated.to(device))
+                       self.truncated.to(device), None if self.routing is None else self.routing.to(device))
 
     def rows(self, idx: slice) -> "Rollout":
         """A contiguous slice of sequences, trimmed to the columns they use."""
@@ -41,8 +48,9 @@ class Rollout:
         r = max(r, 1)
         first = int((attn[:, : self.prompt_len].sum(0) > 0).float().argmax().item())
         p = self.prompt_len - first
+        routing = None if self.routing is None else self.routing[idx, first: self.prompt_len + r]
         return Rollout(self.input_ids[idx, first: self.prompt_len + r], attn[:, first: self.prompt_len + r], p,
-                       mask[:, :r], self.behav_logp[idx, :r], self.texts[idx], self.truncated[idx])
+                       mask[:, :r], self.behav_logp[idx, :r], self.texts[idx], self.truncated[idx], routing)
 
 
 def encode_prompts(tok, prompts: list[str]) -> tuple[Tensor, Tensor]:
@@ -77,7 +85,7 @@ def _positions(attn: Tensor) -> Tensor:
     return (attn.cumsum(-1) - 1).clamp_min(0)
 
 
-def _logits_shared_prefix(model, ro: Rollout):
+def _logits_shared_prefix(model, ro: Rollout, tap=None):
     """Logits predicting the response tokens, [B, R, V], computing each distinct prompt once.
 
     The G samples of a prompt share its tokens, so the prompt's hidden states and keys/values are
@@ -97,28 +105,33 @@ def _logits_shared_prefix(model, ro: Rollout):
     first = counts.cumsum(0) - counts  # row index where each run of equal prompts starts
     pre_ids, pre_attn = ro.input_ids[first, : p - 1], ro.attention_mask[first, : p - 1]
     cache_kw = _cache_kw(model)
-    out = model(input_ids=pre_ids, attention_mask=pre_attn, position_ids=_positions(pre_attn), use_cache=True,
-                logits_to_keep=1)
+    with tapped(tap, model, first, slice(0, p - 1), copies=inverse):
+        out = model(input_ids=pre_ids, attention_mask=pre_attn, position_ids=_positions(pre_attn), use_cache=True,
+                    logits_to_keep=1)
     cache = getattr(out, cache_kw)
     if not hasattr(cache, "batch_select_indices"):
         return None
     cache.batch_select_indices(inverse)  # repeated indices: each row gets its prompt's keys/values
     attn = ro.attention_mask[:, :-1]
-    out = model(input_ids=ro.input_ids[:, p - 1: -1], attention_mask=attn, position_ids=_positions(attn)[:, p - 1:],
-                use_cache=True, **{cache_kw: cache})
+    with tapped(tap, model, torch.arange(b, device=attn.device), slice(p - 1, attn.shape[1])):
+        out = model(input_ids=ro.input_ids[:, p - 1: -1], attention_mask=attn,
+                    position_ids=_positions(attn)[:, p - 1:], use_cache=True, **{cache_kw: cache})
     return out.logits
 
 
 def sequence_logprobs(model, ro: Rollout, temperature: float, with_entropy: bool = False,
-                      share_prefix: bool = True):
+                      share_prefix: bool = True, routing=None):
     """log pi(y_t | x, y_<t) of the sampled tokens [B, R] (fp32, temperature-scaled), and the
     entropy of each next-token distribution if asked. Gradient flows unless under no_grad.
-    `share_prefix` computes each distinct prompt once (same numbers, fewer FLOPs)."""
+    `share_prefix` computes each distinct prompt once (same numbers, fewer FLOPs). `routing`: a
+    `routing.RouterTap` whose table is aligned with `ro` (MoE routing recorded or replayed), or None."""
     p = ro.prompt_len
-    logits = _logits_shared_prefix(model, ro) if share_prefix else None
+    logits = _logits_shared_prefix(model, ro, routing) if share_prefix else None
     if logits is None:
-        out = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
-                    position_ids=_positions(ro.attention_mask), use_cache=False)
+        rows = torch.arange(ro.input_ids.shape[0], device=ro.input_ids.device)
+        with tapped(routing, model, rows, slice(None)):
+            out = model(input_ids=ro.input_ids, attention_mask=ro.attention_mask,
+                        position_ids=_positions(ro.attention_mask), use_cache=False)
         logits = out.logits[:, p - 1: -1]
     logprobs = torch.log_softmax(logits.float() / temperature, -1)
     tokens = ro.input_ids[:, p:]
@@ -132,13 +145,17 @@ def sequence_logprobs(model, ro: Rollout, temperature: float, with_entropy: bool
 
 @torch.no_grad()
 def sample(model, tok, prompts: list[str], group_size: int, temperature: float, max_new_tokens: int,
-           generator: torch.Generator | None = None, greedy: bool = False) -> Rollout:
+           generator: torch.Generator | None = None, greedy: bool = False, record_routing: bool = False) -> Rollout:
     """Sample `group_size` responses per prompt (rows grouped: prompt 0's G, then prompt 1's ...),
     with a KV cache, recording log mu of every sampled token at sampling time.
 
     Two exact savings over a plain generate loop: each distinct prompt is prefilled once and its
     KV cache repeated G times, and rows that have emitted EOS leave the batch (their cache rows
     are dropped), so every decode step computes only live sequences.
+
+    `record_routing` (MoE): the experts of every token fed in, as routed in these very passes, go to
+    `Rollout.routing` (prompt tokens from the prefill, response tokens from the decode step that
+    feeds them; the last token of a row is never fed, left padding is not kept).
     """
     device = next(model.parameters()).device
     if generator is not None and generator.device.type != device.type:
@@ -155,18 +172,21 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
     out_logp = torch.zeros((b, max_new_tokens), dtype=torch.float32, device=device)
     lengths = torch.zeros(b, dtype=torch.long, device=device)
     cache_kw = _cache_kw(model)
-    out = model(input_ids=ids_u, attention_mask=attn_u, position_ids=_positions(attn_u), use_cache=True,
-                logits_to_keep=1)
+    tap = RouterTap.recorder(model, b, p + max_new_tokens) if record_routing else None
+    rows = torch.arange(b, device=device)  # live rows, in batch order
+    with tapped(tap, model, rows[::group_size], slice(0, p), copies=rows // group_size):
+        out = model(input_ids=ids_u, attention_mask=attn_u, position_ids=_positions(attn_u), use_cache=True,
+                    logits_to_keep=1)
     cache, logits = getattr(out, cache_kw), out.logits[:, -1].repeat_interleave(group_size, 0)
     shrinkable = hasattr(cache, "batch_select_indices")
     if group_size > 1:
         if hasattr(cache, "batch_repeat_interleave"):
             cache.batch_repeat_interleave(group_size)
         else:  # older cache API: prefill every row
-            out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True,
-                        logits_to_keep=1)
+            with tapped(tap, model, rows, slice(0, p)):
+                out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True,
+                            logits_to_keep=1)
             cache, logits = getattr(out, cache_kw), out.logits[:, -1]
-    rows = torch.arange(b, device=device)  # live rows, in batch order
     mask = torch.cat([attn, torch.ones((b, max_new_tokens), dtype=attn.dtype, device=device)], 1)
     next_pos = _positions(attn)[:, -1:] + 1
     for t in range(max_new_tokens):
@@ -189,8 +209,9 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
             rows, tok_t, mask, next_pos = rows[keep], tok_t[keep], mask[keep], next_pos[keep]
         elif not live.all():  # cannot shrink: finished rows keep decoding padding, masked out below
             tok_t = torch.where(live, tok_t, torch.full_like(tok_t, pad))
-        out = model(input_ids=tok_t[:, None], attention_mask=mask[:, : p + t + 1], position_ids=next_pos,
-                    use_cache=True, **{cache_kw: cache})
+        with tapped(tap, model, rows, slice(p + t, p + t + 1)):
+            out = model(input_ids=tok_t[:, None], attention_mask=mask[:, : p + t + 1], position_ids=next_pos,
+                        use_cache=True, **{cache_kw: cache})
         cache, logits = getattr(out, cache_kw), out.logits[:, -1]
         next_pos = next_pos + 1
     ended = out_tokens == eos
@@ -209,4 +230,8 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
         texts.append(tok.decode(row, skip_special_tokens=True))
     full_ids = torch.cat([ids, out_tokens], 1)
     full_attn = torch.cat([attn, torch.ones_like(out_tokens)], 1)
-    return Rollout(full_ids, full_attn, p, resp_mask, out_logp, texts, truncated)
+    routing = None
+    if tap is not None:  # keep the tokens that were fed: attended prompt tokens, responses but their last
+        fed = torch.cat([attn.bool(), torch.arange(r, device=device)[None] < lengths[:, None] - 1], 1)
+        routing = tap.table[:, : p + r].masked_fill(~fed[..., None, None], -1)
+    return Rollout(full_ids, full_attn, p, resp_mask, out_logp, texts, truncated, routing)
