@@ -94,7 +94,7 @@ def _probe(args) -> int:
 
     table = run_probe(list(args.overrides), log=lambda m: print(m, flush=True))
     cols = ["method", "version_gap", "response_len", "cosine_to_onpolicy", "relative_bias", "bias_noise_floor",
-            "relative_variance", "variance_vs_reference", "ess"]
+            "relative_variance", "variance_vs_reference", "relative_mse", "ess"]
     knobs = [c for c in table.columns if c.startswith("knob.")]
     print(table[knobs + cols].to_string(index=False, float_format=lambda x: f"{x:.3g}"))
     return 0

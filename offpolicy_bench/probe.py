@@ -22,7 +22,8 @@ Per method x gap (x response length), written to `<out>/probe.parquet`:
   bias_noise_floor is the part removed (a bias below it is not resolved).
 - relative_variance: tr(Cov g) / |mean g|^2 of one mini-batch's gradient (the issue's definition;
   it grows without bound when a method shrinks its mean gradient) and variance_vs_reference =
-  tr(Cov g) / |reference|^2 (the same noise on the common scale).
+  tr(Cov g) / |reference|^2 (the same noise on the common scale); relative_mse = relative_bias^2 +
+  variance_vs_reference, one mini-batch gradient's expected squared error against the reference.
 - ess: normalised effective sample size of the sequence weights W = pi/mu, mean over mini-batches;
   log_w_abs_mean: mean |log W|; w2_mean: naive IS's second moment E[W^2] (with W capped at e^20,
   the cap rate in w_clamp_frac).
@@ -180,6 +181,8 @@ def estimator_stats(g: _Moments, ref_mean: torch.Tensor, ref_trace_cov: float = 
         "bias_noise_floor": math.sqrt(noise2 / rn2) if rn2 > 0 else nan,
         "relative_variance": g.trace_cov / gn2 if gn2 > 0 else nan,
         "variance_vs_reference": g.trace_cov / rn2 if rn2 > 0 else nan,
+        # one mini-batch's expected squared error against the reference: bias^2 + variance
+        "relative_mse": (max(0.0, diff2 - noise2) + g.trace_cov) / rn2 if rn2 > 0 else nan,
         "grad_norm_ratio": math.sqrt(gn2 / rn2) if rn2 > 0 else nan,
         "reference_rel_se": math.sqrt(ref_trace_cov / ref_n / rn2) if ref_n and rn2 > 0 else 0.0,
     }

@@ -141,6 +141,7 @@ def test_estimator_stats_on_a_known_case():
     assert s["relative_bias"] == 0.0  # not resolved above the noise
     assert s["relative_variance"] == pytest.approx(4.0 / 2.0)
     assert s["variance_vs_reference"] == pytest.approx(4.0)
+    assert s["relative_mse"] == pytest.approx(0.0 + 4.0)
 
 
 # ---------------------------------------------------------------- the command
