@@ -218,3 +218,22 @@ def test_probe_bad_input_is_a_one_line_error_before_work(tmp_path, args, fragmen
     err = r.stderr.strip()
     assert fragment in err and len(err.splitlines()) == 1, err
     assert not (tmp_path / "x").exists()  # no work started
+
+
+def test_probe_runs_on_a_checkpoint_path(tmp_path):
+    """model=PATH: a saved Hugging Face model dir is probed like the built-in models."""
+    from offpolicy_bench.config import build_config
+    from offpolicy_bench.models import build_model, char_tokenizer
+
+    cfg = build_config(TINY)
+    tok = char_tokenizer()
+    build_model(cfg.model, len(tok), tok.pad_token_id, tok.eos_token_id, 0).save_pretrained(tmp_path / "ckpt")
+    tok.save_pretrained(tmp_path / "ckpt")
+    (tmp_path / "parity_task.py").write_text(PARITY_TASK)
+    r = offbench("probe", "method=[naive_is,vespo]", "version_gap=[0,1]", "batches=2", "ref_batches=2",
+                 f"plugins=[{tmp_path / 'parity_task.py'}]", "task=parity_len", f"model={tmp_path / 'ckpt'}",
+                 "warmstart.steps=0", *[a for a in PROBE_TINY if not a.startswith("warmstart.steps")],
+                 f"out={tmp_path / 'p'}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    df = pd.read_parquet(tmp_path / "p" / "probe.parquet")
+    assert len(df) == 4 and (df["model"] == str(tmp_path / "ckpt")).all()
