@@ -22,7 +22,6 @@ advantage: `method.agg=seq-mean-token-sum-norm`. The two ablate apart (as TRL's 
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
@@ -30,7 +29,7 @@ import torch
 from torch import Tensor
 
 from .losses import grpo_advantages
-from .registry import OffbenchError, Registry
+from .registry import OffbenchError, Registry, typed_args
 
 
 @dataclass
@@ -44,18 +43,7 @@ class AdvantageEstimator:
     doc: str = ""
 
     def make_args(self, cfg: Any = None) -> Any:
-        values = {} if cfg is None else dict(cfg)
-        values.pop("name", None)
-        names = {f.name for f in dataclasses.fields(self.args)}
-        unknown = set(values) - names
-        if unknown:
-            raise OffbenchError(f"advantage {self.name!r} has no argument(s) {sorted(unknown)}; "
-                                f"its arguments: {', '.join(sorted(names)) or 'none'}")
-        args = self.args(**values)
-        check = getattr(args, "check", None)
-        if check is not None:
-            check()
-        return args
+        return typed_args("advantage", self.name, self.args, cfg)
 
     def check_group_size(self, group_size: int) -> None:
         if group_size < self.min_group_size:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .losses import PolicyBatch
-from .registry import OffbenchError, Registry
+from .registry import OffbenchError, Registry, typed_args
 
 
 @dataclass
@@ -38,20 +38,7 @@ class Correction:
     doc: str = ""
 
     def make_args(self, cfg: Any = None) -> Any:
-        import dataclasses
-
-        values = {} if cfg is None else dict(cfg)
-        values.pop("name", None)
-        names = {f.name for f in dataclasses.fields(self.args)}
-        unknown = set(values) - names
-        if unknown:
-            raise OffbenchError(f"correction {self.name!r} has no argument(s) {sorted(unknown)}; "
-                                f"its arguments: {', '.join(sorted(names)) or 'none'}")
-        args = self.args(**values)
-        check = getattr(args, "check", None)  # an args class may validate its values (one-line errors)
-        if check is not None:
-            check()
-        return args
+        return typed_args("correction", self.name, self.args, cfg)
 
 
 CORRECTIONS: Registry[Correction] = Registry("correction")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 from typing import Generic, Iterator, TypeVar
 
@@ -44,3 +45,21 @@ class Registry(Generic[T]):
 
     def items(self) -> list[tuple[str, T]]:
         return sorted(self._items.items())
+
+
+def typed_args(kind: str, name: str, args_cls: type, cfg=None):
+    """The typed arguments of a registry entry from a config node (its `name` key ignored): an
+    unknown key is a one-line error listing the entry's arguments; an args class with a `check()`
+    method validates its values (one-line errors)."""
+    values = {} if cfg is None else dict(cfg)
+    values.pop("name", None)
+    names = {f.name for f in dataclasses.fields(args_cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise OffbenchError(f"{kind} {name!r} has no argument(s) {sorted(unknown)}; "
+                            f"its arguments: {', '.join(sorted(names)) or 'none'}")
+    args = args_cls(**values)
+    check = getattr(args, "check", None)
+    if check is not None:
+        check()
+    return args
