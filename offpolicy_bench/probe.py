@@ -101,6 +101,7 @@ def run_probe(overrides: list[str], log=print):
     import pandas as pd
 
     from .config import build_config
+    from .results import atomic_write_parquet
 
     opts, fixed, swept, methods = parse_probe_args(overrides)
     settings = [fixed + [f"{k}={v}" for (k, _), v in zip(swept, combo)]
@@ -125,7 +126,7 @@ def run_probe(overrides: list[str], log=print):
         frames.append(pd.DataFrame(rows))
         log(f"  setting done in {time.time() - t0:.0f} s")
         table = pd.concat(frames, ignore_index=True)
-        _write_atomic(table, os.path.join(opts["out"], "probe.parquet"))  # a crash keeps finished settings
+        atomic_write_parquet(table, os.path.join(opts["out"], "probe.parquet"))  # a crash keeps finished settings
     table = pd.concat(frames, ignore_index=True)
     try:
         from .plots import probe_figure
@@ -134,12 +135,6 @@ def run_probe(overrides: list[str], log=print):
     except ImportError:  # matplotlib is a dependency; a broken install should not lose the table
         log("probe: no figure (matplotlib unavailable)")
     return table
-
-
-def _write_atomic(df, path: str) -> None:
-    tmp = path + ".tmp"
-    df.to_parquet(tmp, index=False)
-    os.replace(tmp, path)
 
 
 class _Moments:
@@ -198,19 +193,16 @@ def _draw_batches(model, tok, task, cfg, n, rng, gen, device):
     log-probs recomputed by the trainer's forward (no grad)."""
     from .advantages import get_advantage
     from .rollout import sample, sequence_logprobs
+    from .trainer import grade_with_advantages
 
     advantage = get_advantage(cfg.advantage.name)
-
-    g = cfg.rollout.group_size
     out = []
     model.eval()
     for _ in range(n):
         exs = task.train_examples(cfg.train.minibatch_prompts, rng)
-        ro = sample(model, tok, [e.prompt for e in exs], g, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
-                    generator=gen).to(device)
-        grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
-        rewards = torch.tensor([x.reward for x in grades], device=device)
-        adv = advantage(rewards, g, lengths=ro.response_mask.sum(-1), cfg=cfg.advantage)
+        ro = sample(model, tok, [e.prompt for e in exs], cfg.rollout.group_size, cfg.rollout.temperature,
+                    cfg.rollout.max_new_tokens, generator=gen).to(device)
+        _, _, adv = grade_with_advantages(cfg, task, exs, ro, advantage, device)
         with torch.no_grad():
             ro.behav_logp = sequence_logprobs(model, ro, cfg.rollout.temperature)[0]
         out.append((ro, adv))
@@ -229,11 +221,10 @@ def _trajectory(model, tok, task, cfg, gaps, rng, gen, device, log):
     """Weights theta_k for each k in gaps: k on-policy steps (staleness 1, plain policy gradient,
     the run's advantages, token-mean, the run's AdamW and gradient clip) from the warm start."""
     from .rollout import sequence_logprobs
+    from .trainer import clip_and_step, make_optimizer
 
     snaps = {0: copy.deepcopy(model.state_dict())}
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                            weight_decay=cfg.optim.weight_decay)
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    opt = make_optimizer(cfg, model)
     for step in range(1, max(gaps) + 1):
         (ro, adv), = _draw_batches(model, tok, task, cfg, 1, rng, gen, device)
         model.train()
@@ -241,8 +232,7 @@ def _trajectory(model, tok, task, cfg, gaps, rng, gen, device, log):
         loss = _pg_loss(logp, adv, ro.response_mask, "token-mean")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        opt.step()
+        clip_and_step(cfg, model, opt)
         if step in gaps:
             snaps[step] = copy.deepcopy(model.state_dict())
     model.load_state_dict(snaps[0])

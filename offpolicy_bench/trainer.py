@@ -81,10 +81,32 @@ def sample_rollout_batch(cfg, task, model, tok, engine, ring, step, prompt_rng, 
     ro = engine.sample(tok, [e.prompt for e in exs], g, cfg.rollout.temperature, cfg.rollout.max_new_tokens,
                        generator=gen, **replay.engine_kwargs)
     ro = ro.to(device)  # an engine may return its rollout elsewhere (vLLM: CPU tensors)
+    grades, rewards, adv = grade_with_advantages(cfg, task, exs, ro, advantage, device)
+    return mu_version, ro, grades, rewards, adv
+
+
+def grade_with_advantages(cfg, task, exs, ro, advantage, device):
+    """Grades, rewards [B] and the configured estimator's advantages [B] of a rollout whose rows are
+    grouped rollout.group_size per example of `exs`."""
+    g = cfg.rollout.group_size
     grades = task.grade_batch([exs[i // g] for i in range(len(ro.texts))], ro.texts)
     rewards = torch.tensor([gr.reward for gr in grades], device=device)
     adv = advantage(rewards, g, lengths=ro.response_mask.sum(-1), cfg=cfg.advantage)
-    return mu_version, ro, grades, rewards, adv
+    return grades, rewards, adv
+
+
+def make_optimizer(cfg, model):
+    """The RL optimizer: AdamW with the run's optim.* settings."""
+    return torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
+                             weight_decay=cfg.optim.weight_decay)
+
+
+def clip_and_step(cfg, model, opt):
+    """Clip the gradient norm to optim.grad_clip (0 = no clipping), step; returns the norm before clipping."""
+    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    opt.step()
+    return grad_norm
 
 
 def pi_old_logprobs(model, mbs, temperature, bypass, replay):
@@ -126,10 +148,7 @@ def update(cfg, method, batch, model, opt, step):
     if out.metrics.get("step_skipped", 0.0) > 0:
         return out, torch.zeros(())
     out.loss.backward()
-    clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-    opt.step()
-    return out, grad_norm
+    return out, clip_and_step(cfg, model, opt)
 
 
 def step_metrics(batch, out, mb, rewards, adv, grades, ent, grad_norm, *, version_gap, t_update, t_rollout):
@@ -160,8 +179,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     method = get_method(cfg.method.name)
     method.make_args(cfg.method)  # validates the method's arguments before any work
     advantage = get_advantage(cfg.advantage.name)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2),
-                            weight_decay=cfg.optim.weight_decay)
+    opt = make_optimizer(cfg, model)
     run_id = config_hash(cfg)
     identity = record_from_config(cfg)  # the run record's core, knobs and aggregation mode
     writer = RunWriter(cfg, run_id, {**identity, "task_version": task.version, **model_info})
