@@ -31,8 +31,21 @@ def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def cpu_model() -> str:
+    """The CPU model name (`lscpu`'s Model name), which every figure is stated with."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def emit(obj: dict) -> None:
-    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__,
+    print(json.dumps({"date": time.strftime("%Y-%m-%d"), "torch": torch.__version__, "cpu": cpu_model(),
                       "threads": torch.get_num_threads(), **obj}), flush=True)
 
 
@@ -48,3 +61,15 @@ def interleaved(fns: dict, repeat: int = 7, warmup: int = 1) -> dict[str, float]
             f()
             ts[k].append(time.perf_counter() - t0)
     return {k: sorted(v)[len(v) // 2] for k, v in ts.items()}
+
+
+def length_overrides(task: str, length: int | None) -> list[str]:
+    """Config overrides for a target response length on math_cot: operands of round(length / 8) digits
+    (about 8 tokens per digit: 64 -> ~66, 128 -> ~131 tokens) and a short warm start (300 steps, fit
+    check off): the model only has to write chains of the right length, it is not a result."""
+    if length is None:
+        return []
+    if task != "math_cot":
+        raise SystemExit(f"--length needs --task math_cot (got --task {task})")
+    digits = min(16, max(1, round(length / 8)))
+    return [f"task.digits={digits}", "warmstart.steps=300", "warmstart.max_excess=null"]

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import default_model, emit, interleaved
+from common import default_model, emit, interleaved, length_overrides
 
 
 def matmul_peak(sizes=(256, 512, 1024, 2048), repeat: int = 10) -> float:
@@ -41,12 +41,14 @@ def main() -> int:
     ap.add_argument("--minibatch-prompts", type=int, nargs="+", default=[8, 32, 128])
     ap.add_argument("--model", default="dense")
     ap.add_argument("--task", default="math")
+    ap.add_argument("--length", type=int, default=None, help="math_cot: target response length in tokens")
     a = ap.parse_args()
     from offpolicy_bench import PolicyBatch, get_method
     from offpolicy_bench.losses import grpo_advantages
     from offpolicy_bench.rollout import sample, sequence_logprobs
 
-    cfg, model, tok, task = default_model([f"model={a.model}", f"task={a.task}"])
+    cfg, model, tok, task = default_model([f"model={a.model}", f"task={a.task}",
+                                             *length_overrides(a.task, a.length)])
     n_params = sum(p.numel() for p in model.parameters())
     layers, hidden = model.config.num_hidden_layers, model.config.hidden_size
     opt = torch.optim.AdamW(model.parameters(), lr=1e-12)  # a real step, negligible change
@@ -77,7 +79,7 @@ def main() -> int:
                  "shared": 6 * n_params * (uniq * (p - 1) + b * (T - p + 1))
                  + 12 * layers * hidden * (uniq * (p - 1) ** 2 + b * (T - p + 1) * T)}
         for kind in ("plain", "shared"):
-            emit({"bench": "train_flops", "model": a.model, "task": a.task, "params": n_params,
+            emit({"bench": "train_flops", "model": a.model, "task": a.task, "length": a.length, "params": n_params,
                   "minibatch_prompts": mbp, "sequences": b, "padded_len": T, "prompt_len": p,
                   "log_prob_pass": kind, "step_s": ts[kind], "achieved_gflops": flops[kind] / ts[kind] / 1e9,
                   "matmul_peak_gflops": peak / 1e9, "fraction_of_peak": flops[kind] / ts[kind] / peak,

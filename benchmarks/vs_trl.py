@@ -1,10 +1,11 @@
 """One RL step here vs one GRPOTrainer step in TRL, same model, prompts, group size, lengths, loss.
 
     pip install -e ".[bench]"            # trl
-    python benchmarks/vs_trl.py [--steps 12] [--prompts 8] [--group 8]
+    python benchmarks/vs_trl.py [--steps 12] [--prompts 8] [--group 8] [--task math|code|math_cot] [--length 128]
 
 Both: the default warm-started tiny model (saved as a normal HF dir for TRL), 8 prompts x 8
-samples per step, max 8 new tokens, T=1 (no top-k/top-p), GRPO advantages with std scaling,
+samples per step, the task's response cap (8 new tokens on math; `--length L` with `--task
+math_cot`: chains of about L tokens, see common.length_overrides), T=1 (no top-k/top-p), GRPO advantages with std scaling,
 token-level clipped loss (eps 0.2, as TRL's "grpo" loss; ours token_clip with eps_high=0.2 and
 no dual clip), no KL, one optimizer step per generation, AdamW lr 1e-4, CPU fp32, the same
 thread count. A step = sampling + grading + advantages + old log-probs + update. Reports the
@@ -20,7 +21,7 @@ import time
 
 import torch
 
-from common import default_model, emit
+from common import default_model, emit, length_overrides
 
 
 def main() -> int:
@@ -28,9 +29,11 @@ def main() -> int:
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=8)
-    ap.add_argument("--task", default="math", help="math (short prompts) or code (41-character prompts)")
+    ap.add_argument("--task", default="math", help="math (short prompts), code (41-character prompts), math_cot")
+    ap.add_argument("--length", type=int, default=None, help="math_cot: target response length in tokens")
     a = ap.parse_args()
-    cfg, model, tok, task = default_model([f"task={a.task}"])
+    extra = [f"task={a.task}", *length_overrides(a.task, a.length)]
+    cfg, model, tok, task = default_model(extra)
     d = tempfile.mkdtemp()
     model.save_pretrained(f"{d}/model")
     tok.save_pretrained(f"{d}/model")
@@ -46,6 +49,8 @@ def main() -> int:
     from offpolicy_bench.config import build_config
     from offpolicy_bench.rollout import sequence_logprobs
 
+    lengths = {}
+
     def ours(name, share_prefix):
         trainer_mod.sequence_logprobs = functools.partial(sequence_logprobs, share_prefix=share_prefix)
         try:
@@ -53,12 +58,14 @@ def main() -> int:
                                  f"train.steps={a.steps}", f"train.minibatch_prompts={a.prompts}",
                                  f"rollout.group_size={a.group}", f"log.eval_every={10 * a.steps}",
                                  "log.progress=false", f"log.out_dir={d}", f"name={name}", "optim.grad_clip=1.0",
-                                 f"task={a.task}"])
+                                 *extra])
             trainer_mod.train(cfg_, log=lambda m: None)
         finally:
             trainer_mod.sequence_logprobs = sequence_logprobs
         m = pd.read_parquet(f"{d}/{name}/metrics.parquet")
-        return m[(m.split == "train") & (m.metric == "time_step_s")].sort_values("step").value.tolist()[1:]
+        tr = m[m.split == "train"]
+        lengths[name] = tr[tr.metric == "response_len"].value.mean()
+        return tr[tr.metric == "time_step_s"].sort_values("step").value.tolist()[1:]
 
     plain_steps = ours("plain", False)
     ours_steps = ours("ours", True)
@@ -109,7 +116,8 @@ def main() -> int:
           "ours_s_per_step": t_ours, "trl_s_per_step": t_trl, "ours_seq_per_s": seqs / t_ours,
           "trl_seq_per_s": seqs / t_trl, "speedup": t_trl / t_ours, "target": 2.0,
           "ours_plain_forward_s_per_step": t_plain, "speedup_plain_forward": t_trl / t_plain,
-          "task": a.task, "max_new_tokens": cfg.rollout.max_new_tokens})
+          "task": a.task, "max_new_tokens": cfg.rollout.max_new_tokens,
+          "mean_response_tokens_ours": lengths["ours"]})
     return 0
 
 

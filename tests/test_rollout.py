@@ -102,3 +102,66 @@ def test_shared_prefix_falls_back_when_nothing_is_shared():
     assert hf._logits_shared_prefix(model, ro) is None  # distinct prompts: the plain forward is used
     with torch.no_grad():
         assert torch.allclose(sequence_logprobs(model, ro, 1.0)[0], ro.behav_logp, atol=1e-4)
+
+
+def _plain_loop(monkeypatch):
+    from offpolicy_bench.rollout.static_decode import StaticDecoder
+
+    monkeypatch.setattr(StaticDecoder, "supports", staticmethod(lambda model: False))
+
+
+def test_static_decode_step_equals_the_model_forward():
+    """The static-cache decode step returns the logits the model's own forward gives at every position
+    (left-padded prompts, several decode steps), dense and MoE."""
+    from offpolicy_bench.rollout.hf import _cache_kw, _positions, encode_prompts
+    from offpolicy_bench.rollout.static_decode import StaticDecoder
+
+    for name in ("dense", "moe"):
+        model, tok = tiny_model(name)
+        assert StaticDecoder.supports(model)
+        ids, attn = encode_prompts(tok, ["3+4=", "91-17=", "5="])
+        cont = torch.randint(3, 60, (3, 6))
+        full = torch.cat([ids, cont], 1)
+        full_attn = torch.cat([attn, torch.ones_like(cont)], 1)
+        p = ids.shape[1]
+        with torch.no_grad():
+            ref = model(input_ids=full, attention_mask=full_attn, position_ids=_positions(full_attn)).logits
+            out = model(input_ids=ids, attention_mask=attn, position_ids=_positions(attn), use_cache=True)
+            dec = StaticDecoder(model, getattr(out, _cache_kw(model)), p + 6)
+            pos = _positions(full_attn)
+            for t in range(6):
+                logits = dec.step(cont[:, t], pos[:, p + t], p + t, full_attn[:, : p + t + 1])
+                assert torch.allclose(logits, ref[:, p + t], atol=1e-5), (name, t, (logits - ref[:, p + t]).abs().max())
+            dec.select(torch.tensor([2, 0]))  # dropping a row keeps the others' caches
+        model.train()
+        assert StaticDecoder.supports(model)  # no dropout: training mode computes the same function
+        model.config.attention_dropout = 0.1
+        assert not StaticDecoder.supports(model)  # with dropout it would not: the plain loop
+
+
+def test_static_decode_samples_what_the_plain_loop_samples(monkeypatch):
+    """Same seed, same tokens: the static-cache sampler draws from the same distributions with the
+    random stream consumed in the same order as the plain `model(...)` loop, while rows finish at
+    different steps (the cache both keeps finished rows and compacts), for sampling, greedy decoding
+    and MoE routing records."""
+    for name in ("dense", "moe"):
+        model, tok = tiny_model(name)
+        # make EOS likely, so rows end at many different steps
+        hook = model.lm_head.register_forward_hook(lambda m, i, o: o + torch.nn.functional.one_hot(
+            torch.tensor(tok.eos_token_id), o.shape[-1]) * 3.0)
+        prompts = ["3+4=", "91-17=", "5=", "2*3=", "8-1="]
+        for greedy in (False, True):
+            kw = dict(generator=torch.Generator().manual_seed(5), greedy=greedy, record_routing=name == "moe")
+            fast = sample(model, tok, prompts, 6, 1.0, 24, **kw)
+            with monkeypatch.context() as m:
+                _plain_loop(m)
+                kw["generator"] = torch.Generator().manual_seed(5)
+                plain = sample(model, tok, prompts, 6, 1.0, 24, **kw)
+            lengths = fast.response_mask.sum(-1)
+            assert greedy or len(set(lengths.tolist())) > 5  # rows really end at different steps
+            assert torch.equal(fast.input_ids, plain.input_ids) and fast.texts == plain.texts
+            assert torch.equal(fast.response_mask, plain.response_mask)
+            assert torch.allclose(fast.behav_logp, plain.behav_logp, atol=1e-5)
+            if name == "moe":
+                assert torch.equal(fast.routing, plain.routing)
+        hook.remove()

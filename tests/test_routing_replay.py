@@ -176,7 +176,13 @@ def test_replay_values_and_gradients_equal_a_per_token_reference():
         assert g[n].abs().sum() > 0  # the router learns under replay
 
 
-def test_engine_records_the_experts_of_every_token_it_feeds():
+def test_engine_records_the_experts_of_every_token_it_feeds(monkeypatch):
+    # the plain decode loop, whose decode steps run exactly the live rows, so the expert modules' own
+    # inputs can be matched row by row below; the static-cache decoder records the same table
+    # (tests/test_rollout.py::test_static_decode_samples_what_the_plain_loop_samples)
+    from offpolicy_bench.rollout.static_decode import StaticDecoder
+
+    monkeypatch.setattr(StaticDecoder, "supports", staticmethod(lambda model: False))
     model, tok, _ = moe()
     seen = ExpertsSeen(model)
     ro = rollout(model, tok, record_routing=True)

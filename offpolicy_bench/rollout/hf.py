@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 
 from ..routing import RouterTap, tapped
+from .static_decode import StaticDecoder
 
 
 @dataclass
@@ -149,9 +150,12 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
     """Sample `group_size` responses per prompt (rows grouped: prompt 0's G, then prompt 1's ...),
     with a KV cache, recording log mu of every sampled token at sampling time.
 
-    Two exact savings over a plain generate loop: each distinct prompt is prefilled once and its
-    KV cache repeated G times, and rows that have emitted EOS leave the batch (their cache rows
-    are dropped), so every decode step computes only live sequences.
+    Exact savings over a plain generate loop: each distinct prompt is prefilled once and its KV
+    cache repeated G times; rows that have emitted EOS leave the batch (their cache rows are
+    dropped), so decode steps compute (almost) only live sequences; and for Qwen3 / Qwen3-MoE
+    models the decode step is `static_decode.StaticDecoder` (preallocated cache, fewer operations;
+    it keeps finished rows, fed padding, until a quarter of its rows are finished, then compacts).
+    Sampling only ever sees live rows, so the random stream is consumed as by the plain loop.
 
     `record_routing` (MoE): the experts of every token fed in, as routed in these very passes, go to
     `Rollout.routing` (prompt tokens from the prefill, response tokens from the decode step that
@@ -189,6 +193,8 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
             cache, logits = getattr(out, cache_kw), out.logits[:, -1]
     mask = torch.cat([attn, torch.ones((b, max_new_tokens), dtype=attn.dtype, device=device)], 1)
     next_pos = _positions(attn)[:, -1:] + 1
+    fast = StaticDecoder(model, cache, p + max_new_tokens) if StaticDecoder.supports(model) and shrinkable else None
+    slots = rows  # fast path: the rows in its cache, a superset of the live rows (compacted in steps)
     for t in range(max_new_tokens):
         if greedy:
             tok_t = logits.argmax(-1)
@@ -203,6 +209,21 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
         live = tok_t != eos
         if not live.any() or t == max_new_tokens - 1:
             break
+        if fast is not None:
+            # sampling sees only live rows (the random stream is consumed as by the loop below); the
+            # cache keeps finished rows, fed padding, until compacting it is worth a copy
+            rows = rows[live]
+            feed = torch.full(slots.shape, pad, dtype=tok_t.dtype, device=device)
+            at = torch.searchsorted(slots, rows)
+            feed[at] = tok_t[live]
+            if rows.numel() <= 0.75 * slots.numel():
+                fast.select(at)
+                slots, feed, at = rows, feed[at], None
+            with tapped(tap, model, slots, slice(p + t, p + t + 1)):
+                out = fast.step(feed, (next_pos[slots, 0]), p + t, mask[slots, : p + t + 1])
+            logits = out if at is None else out[at]
+            next_pos = next_pos + 1
+            continue
         if shrinkable and not live.all():
             keep = live.nonzero().squeeze(-1)
             cache.batch_select_indices(keep)
