@@ -1,0 +1,255 @@
+"""The verdict of every claim of PREREGISTRATION.md, computed from a grid's committed tables.
+
+    python docs/reproduction/paper-cpu-v2/verdicts.py docs/reproduction/paper-cpu-v2 \
+        [--probe docs/probe/probe.parquet] [--format md|csv]
+
+Reads runs.parquet + summary.parquet of `offbench grid preset=paper-cpu-v2` and applies the registered
+rules as written there (paired-by-seed contrasts of late_mean, percentile-bootstrap 95% intervals,
+margin delta = 0.05, per learning rate, a claim's overall verdict only where both rates agree).
+Written before any cell of the grid ran; tests/test_verdicts.py checks it on synthetic tables.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from offpolicy_bench.stats import contrast
+
+DELTA = 0.05
+ENDPOINT = "eval_accuracy_late_mean"
+DEFAULT = "default"  # a knob a cell did not set (its method's default)
+KNOBS = ("method.length_norm", "method.c1_neg", "method.c2_neg", "method.c1_pos", "method.c2_pos", "method.eps_low",
+         "method.eps_high", "task.digits", "task.level")
+
+# arms: column -> value; knobs left out must be at their default
+LONG = {"task": "math_cot", "task.digits": 8}
+SHORT = {"task": "math_cot", "task.digits": 2}
+CODE = {"task": "code", "task.level": 6}
+
+
+def arm(method, n, model="dense", setting=LONG, **knobs):
+    return {"method": method, "staleness": n, "model": model, **setting, **knobs}
+
+
+RESCALED = object()  # gspo with a band other than the paper's (the pilot's rescaled band)
+
+
+@dataclass
+class Row:
+    claim: str
+    lr: float
+    what: str
+    diff: float
+    lo: float
+    hi: float
+    mde: float
+    n: int
+    verdict: str
+
+
+def load(grid_dir: str) -> pd.DataFrame:
+    runs = pd.read_parquet(f"{grid_dir}/runs.parquet")
+    summ = pd.read_parquet(f"{grid_dir}/summary.parquet")
+    df = runs.merge(summ, on="run_id")
+    df = df[df.status == "finished"].copy()
+    if "model.name" in df and "model" not in df:
+        df["model"] = df["model.name"]
+    for k in KNOBS:
+        df[k] = df[k].astype(object).where(df[k].notna(), DEFAULT) if k in df else DEFAULT
+    return df
+
+
+def select(df: pd.DataFrame, spec: dict, lr) -> pd.DataFrame:
+    sel = df["optim.lr"].astype(float).round(12) == round(float(lr), 12)
+    for k, v in spec.items():
+        if v is RESCALED:
+            sel &= df[k] != DEFAULT
+        else:
+            sel &= (df[k] == v) | (df[k].astype(str) == str(v))
+    for k in KNOBS:  # every knob the arm does not name is at its default
+        if k not in spec:
+            sel &= df[k] == DEFAULT
+    return df[sel]
+
+
+def values(df, spec, lr):
+    s = select(df, spec, lr)
+    return s[ENDPOINT].to_numpy(float), s["seed"].to_list()
+
+
+def pair(df, a, b, lr):
+    va, sa = values(df, a, lr)
+    vb, sb = values(df, b, lr)
+    if len(va) < 2 or len(vb) < 2:
+        return None
+    common = sorted(set(sa) & set(sb))
+    ia = [sa.index(s) for s in common]
+    ib = [sb.index(s) for s in common]
+    return va[ia], vb[ib], common
+
+
+def better(c) -> str:
+    if c.lo > 0:
+        return "reproduced"
+    if c.hi < 0 or (c.lo > -DELTA and c.hi < DELTA):
+        return "refuted"
+    return "undecided"
+
+
+def no_worse(c) -> str:
+    if c.lo > -DELTA:
+        return "reproduced"
+    if c.hi < -DELTA:
+        return "refuted"
+    return "undecided"
+
+
+def worse(c) -> str:  # "A degrades more than B": A - B below 0
+    if c.hi < 0:
+        return "reproduced"
+    if c.lo > 0 or (c.lo > -DELTA and c.hi < DELTA):
+        return "refuted"
+    return "undecided"
+
+
+def combine(verdicts: list[str]) -> str:
+    if not verdicts or "missing" in verdicts:
+        return "undecided (cells missing)"
+    if "refuted" in verdicts:
+        return "refuted"
+    if all(v == "reproduced" for v in verdicts):
+        return "reproduced"
+    return "undecided"
+
+
+def _contrast_row(claim, lr, what, paired, rule):
+    """paired: (values of A, values of B, seeds) from `pair`, or None when an arm has < 2 runs."""
+    if paired is None:
+        return Row(claim, lr, what, np.nan, np.nan, np.nan, np.nan, 0, "missing")
+    va, vb, seeds = paired
+    c = contrast(va, vb, seeds, seeds, paired=True)
+    return Row(claim, lr, what, c.diff, c.lo, c.hi, c.mde, len(seeds), rule(c))
+
+
+def claim_rows(df: pd.DataFrame, lr) -> list[Row]:
+    rows = []
+    for model in ("dense", "moe"):
+        for n in (16, 64):
+            rows.append(_contrast_row("C1", lr, f"{model}: vespo N={n} - on_policy N=1",
+                                      pair(df, arm("vespo", n, model), arm("on_policy", 1, model), lr), no_worse))
+    for n in (16, 64):
+        for other, spec in (("token_clip", arm("token_clip", n)), ("gspo", arm("gspo", n)),
+                            ("gspo_rescaled", arm("gspo", n, **{"method.eps_low": RESCALED, "method.eps_high": RESCALED})), ("sapo", arm("sapo", n))):
+            rows.append(_contrast_row("C2", lr, f"vespo - {other}, N={n}", pair(df, arm("vespo", n), spec, lr), no_worse))
+    # C3: (vespo - token_clip) at long minus the same at short, per seed
+    lo_ = pair(df, arm("vespo", 64), arm("token_clip", 64), lr)
+    sh_ = pair(df, arm("vespo", 64, setting=SHORT), arm("token_clip", 64, setting=SHORT), lr)
+    inter = None
+    if lo_ is not None and sh_ is not None:
+        common = sorted(set(lo_[2]) & set(sh_[2]))
+        dl = {s: a - b for a, b, s in zip(lo_[0], lo_[1], lo_[2])}
+        ds = {s: a - b for a, b, s in zip(sh_[0], sh_[1], sh_[2])}
+        inter = (np.array([dl[s] for s in common]), np.array([ds[s] for s in common]), common)
+    rows.append(_contrast_row("C3", lr, "(vespo - token_clip) long - (same) short, N=64", inter, better))
+    for label, knobs in (("lin", {"method.length_norm": "lin"}), ("sqrt", {"method.length_norm": "sqrt"})):
+        rows.append(_contrast_row("C4", lr, f"vespo - vespo {label}, N=64",
+                                  pair(df, arm("vespo", 64), arm("vespo", 64, **knobs), lr), better))
+    for label, knobs in (("both (2,3)", {"method.c1_neg": 2, "method.c2_neg": 3}),
+                         ("both (3,2)", {"method.c1_pos": 3, "method.c2_pos": 2})):
+        rows.append(_contrast_row("C5", lr, f"vespo - symmetric {label}, N=64",
+                                  pair(df, arm("vespo", 64), arm("vespo", 64, **knobs), lr), better))
+    for other in ("token_clip", "gspo", "sapo", "vespo", "topr"):
+        rows.append(_contrast_row("C6", lr, f"naive_is - {other} at N=64 (drop vs on_policy N=1: the reference cancels)",
+                                  pair(df, arm("naive_is", 64), arm(other, 64), lr), worse))
+    for label, setting in (("code", CODE), ("math_cot long", LONG)):
+        rows.append(_contrast_row("C7", lr, f"{label}: vespo - token_clip, N=64",
+                                  pair(df, arm("vespo", 64, setting=setting), arm("token_clip", 64, setting=setting), lr),
+                                  no_worse))
+    return rows
+
+
+def c1_collapses(df: pd.DataFrame) -> dict[str, int]:
+    out = {}
+    for model in ("dense", "moe"):
+        s = df[(df.method == "vespo") & (df.staleness == 64) & (df.model == model)]
+        for k in KNOBS:
+            if k not in LONG:
+                s = s[s[k] == DEFAULT]
+        s = s[(s.task == "math_cot") & (s["task.digits"].astype(str) == "8")]
+        out[model] = int(s.collapsed.astype(bool).sum())
+    return out
+
+
+def c6_variance(probe: pd.DataFrame | None) -> str:
+    """naive_is has the largest relative_variance at the largest gap, at every probed length."""
+    if probe is None:
+        return "missing"
+    gap = probe.version_gap.max()
+    p = probe[probe.version_gap == gap]
+    ok = []
+    by = next(c for c in ("knob.task.digits", "task.digits", "response_len") if c in p)
+    for _, g in p.groupby(by):
+        top = g.sort_values("relative_variance", ascending=False).method.iloc[0]
+        ok.append(top == "naive_is")
+    return "reproduced" if ok and all(ok) else "refuted"
+
+
+def verdicts(df: pd.DataFrame, probe: pd.DataFrame | None = None) -> tuple[list[Row], pd.DataFrame]:
+    lrs = sorted(df["optim.lr"].astype(float).unique())
+    rows = [r for lr in lrs for r in claim_rows(df, lr)]
+    coll = c1_collapses(df)
+    var = c6_variance(probe)
+    table = []
+    for claim in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
+        per_lr = {}
+        for lr in lrs:
+            v = [r.verdict for r in rows if r.claim == claim and r.lr == lr]
+            if claim == "C1":
+                v = v + ["refuted" if max(coll.values()) >= 3 else ("reproduced" if max(coll.values()) <= 1
+                                                                      else "undecided")]
+            if claim == "C6":
+                v = v + [var]
+            per_lr[lr] = combine(v)
+        vals = set(per_lr.values())
+        overall = vals.pop() if len(vals) == 1 else "undecided (the rates disagree)"
+        table.append({"claim": claim, "verdict": overall, **{f"lr={lr:g}": v for lr, v in per_lr.items()}})
+    return rows, pd.DataFrame(table)
+
+
+def markdown(df: pd.DataFrame) -> str:
+    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + " |"
+              for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("grid_dir")
+    ap.add_argument("--probe", default=None)
+    ap.add_argument("--format", choices=("md", "csv"), default="md")
+    a = ap.parse_args(argv)
+    df = load(a.grid_dir)
+    probe = pd.read_parquet(a.probe) if a.probe else None
+    rows, table = verdicts(df, probe)
+    detail = pd.DataFrame([r.__dict__ for r in rows])
+    if a.format == "csv":
+        print(table.to_csv(index=False))
+        print(detail.to_csv(index=False))
+        return 0
+    print(markdown(table))
+    print()
+    for c in ("diff", "lo", "hi", "mde"):
+        detail[c] = (100 * detail[c]).round(1)
+    print(markdown(detail.rename(columns={"diff": "diff (points)", "lo": "95% lo", "hi": "95% hi", "mde": "MDE"})))
+    print(f"\nC1 collapses of vespo at N=64 (both rates): {c1_collapses(df)}; C6 probe part: {c6_variance(probe)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,116 @@
+"""The registered verdict rules (docs/reproduction/paper-cpu-v2/verdicts.py) on synthetic grids whose
+truth is known: a world where the paper holds, one where no method differs, one with cells missing."""
+
+import importlib.util
+import itertools
+import os
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+spec = importlib.util.spec_from_file_location("verdicts", os.path.join(ROOT, "docs/reproduction/paper-cpu-v2/verdicts.py"))
+V = importlib.util.module_from_spec(spec)
+sys.modules["verdicts"] = V  # dataclasses look their module up
+spec.loader.exec_module(V)
+
+LONG = {"task": "math_cot", "task.digits": 8}
+SHORT = {"task": "math_cot", "task.digits": 2}
+CODE = {"task": "code", "task.level": 6}
+ARMS = [  # (method, N, model, setting, knobs, label)
+    ("on_policy", 1, "dense", LONG, {}, "ref"), ("on_policy", 1, "moe", LONG, {}, "ref"),
+    *[(m, n, "dense", LONG, {}, m) for m in ("token_clip", "gspo", "sapo", "vespo", "naive_is", "topr", "drop_stale",
+                                              "on_policy") for n in (16, 64)],
+    *[("gspo", n, "dense", LONG, {"method.eps_low": 3e-3, "method.eps_high": 4e-3}, "gspo_r") for n in (16, 64)],
+    ("vespo", 64, "dense", LONG, {"method.length_norm": "lin"}, "lin"),
+    ("vespo", 64, "dense", LONG, {"method.length_norm": "sqrt"}, "sqrt"),
+    ("vespo", 64, "dense", LONG, {"method.c1_neg": 2, "method.c2_neg": 3}, "sym23"),
+    ("vespo", 64, "dense", LONG, {"method.c1_pos": 3, "method.c2_pos": 2}, "sym32"),
+    ("vespo", 16, "moe", LONG, {}, "vespo"), ("vespo", 64, "moe", LONG, {}, "vespo"),
+    ("token_clip", 64, "moe", LONG, {}, "token_clip"),
+    ("on_policy", 1, "dense", SHORT, {}, "ref"), ("vespo", 64, "dense", SHORT, {}, "vespo_short"),
+    ("token_clip", 64, "dense", SHORT, {}, "token_clip_short"),
+    ("vespo", 64, "dense", CODE, {}, "vespo"), ("token_clip", 64, "dense", CODE, {}, "token_clip"),
+]
+
+
+def grid(tmp_path, level: dict, sd=0.01, drop=None):
+    """runs/summary tables of every registered arm x 2 rates x 8 seeds, late_mean = level(label, N) + noise."""
+    rng = np.random.default_rng(0)
+    runs, summ = [], []
+    for i, ((method, n, model, setting, knobs, label), lr, seed) in enumerate(
+            itertools.product(ARMS, (1e-4, 4e-4), range(8))):
+        if drop and drop(method, n, model, setting, knobs):
+            continue
+        rid = f"r{i}"
+        row = {"run_id": rid, "status": "finished", "method": method, "staleness": n, "model": model, "seed": seed,
+               "optim.lr": lr, "task.digits": np.nan, "task.level": np.nan, **{k: np.nan for k in V.KNOBS}}
+        row.update(setting)
+        row.update(knobs)
+        runs.append(row)
+        summ.append({"run_id": rid, "eval_accuracy_late_mean": level(label, n) + rng.normal(0, sd),
+                     "collapsed": False})
+    d = tmp_path / "g"
+    d.mkdir()
+    pd.DataFrame(runs).to_parquet(d / "runs.parquet")
+    pd.DataFrame(summ).to_parquet(d / "summary.parquet")
+    return str(d)
+
+
+def probe(top="naive_is"):
+    rows = []
+    for digits in (2, 8):
+        for m in ("naive_is", "vespo", "token_clip"):
+            rows.append({"method": m, "version_gap": 63, "knob.task.digits": digits,
+                         "relative_variance": 10.0 if m == top else 1.0})
+    return pd.DataFrame(rows)
+
+
+def paper_world(label, n):
+    base = {"ref": 0.8, "vespo": 0.8, "token_clip": 0.65, "gspo": 0.65, "gspo_r": 0.66, "sapo": 0.5, "naive_is": 0.3,
+            "topr": 0.66, "drop_stale": 0.6, "on_policy": 0.55, "lin": 0.6, "sqrt": 0.62, "sym23": 0.6, "sym32": 0.7,
+            "vespo_short": 0.8, "token_clip_short": 0.78}
+    return base[label] if n == 64 or label in ("ref",) else (base[label] + 0.8) / 2
+
+
+def test_a_world_where_the_paper_holds_reproduces_every_claim(tmp_path):
+    df = V.load(grid(tmp_path, paper_world))
+    rows, table = V.verdicts(df, probe())
+    assert (table.verdict == "reproduced").all(), table
+    assert all(r.n == 8 for r in rows)
+    assert {r.claim for r in rows} == {f"C{i}" for i in range(1, 8)}
+
+
+def test_a_world_where_nothing_differs_refutes_the_better_than_claims(tmp_path):
+    df = V.load(grid(tmp_path, lambda label, n: 0.8))
+    _, table = V.verdicts(df, probe(top="vespo"))
+    v = dict(zip(table.claim, table.verdict))
+    assert v["C1"] == "reproduced" and v["C2"] == "reproduced" and v["C7"] == "reproduced"  # "no worse" holds
+    assert v["C3"] == v["C4"] == v["C5"] == v["C6"] == "refuted"  # effects of 5 points ruled out
+
+
+def test_noise_larger_than_the_margin_leaves_claims_undecided(tmp_path):
+    df = V.load(grid(tmp_path, paper_world, sd=0.3))
+    _, table = V.verdicts(df, probe())
+    assert "undecided" in set(table.verdict)
+
+
+def test_missing_cells_are_never_a_verdict(tmp_path):
+    df = V.load(grid(tmp_path, paper_world, drop=lambda m, n, model, setting, knobs: setting is CODE))
+    _, table = V.verdicts(df, probe())
+    v = dict(zip(table.claim, table.verdict))
+    assert v["C7"].startswith("undecided") and v["C2"] == "reproduced"
+
+
+def test_the_command_prints_the_verdict_table(tmp_path, capsys):
+    d = grid(tmp_path, paper_world)
+    probe().to_parquet(tmp_path / "probe.parquet")
+    assert V.main([d, "--probe", str(tmp_path / "probe.parquet")]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("| claim | verdict |") and "| C7 | reproduced |" in out
+
+
+if __name__ == "__main__":
+    pytest.main([__file__])
