@@ -1,0 +1,108 @@
+"""The pilot's three registered rules (PREREGISTRATION.md, "Open parameters"), applied to its tables.
+
+    python docs/reproduction/paper-cpu-v2/pilot.py docs/reproduction/paper-cpu-v2-pilot
+
+Prints the pilot's cells (mean over its two seeds), then: the learning-rate pair (rule 1), the GSPO band
+whose clip rate is closest to token_clip's (rule 2) and the planning sd / MDE (rule 3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+
+import numpy as np
+import pandas as pd
+
+from offpolicy_bench.stats import mde_paired
+
+GAIN, BENIGN, BITES = 0.15, 0.05, 0.10
+
+
+def load(grid_dir: str) -> pd.DataFrame:
+    runs = pd.read_parquet(f"{grid_dir}/runs.parquet")
+    summ = pd.read_parquet(f"{grid_dir}/summary.parquet")
+    df = runs.merge(summ, on="run_id")
+    df = df[df.status == "finished"].copy()
+    m = pd.read_parquet(f"{grid_dir}/metrics.parquet")
+    clip = m[(m.split == "train") & (m.metric == "clip_frac")].groupby("run_id").value.mean()
+    df["clip_frac_mean"] = df.run_id.map(clip)
+    for k in ("method.eps_low", "method.eps_high"):
+        df[k] = df[k].astype(object).where(df[k].notna(), "default") if k in df else "default"
+    df["band"] = [f"({lo}, {hi})" if lo != "default" else "paper" for lo, hi in zip(df["method.eps_low"],
+                                                                                   df["method.eps_high"])]
+    return df
+
+
+def cell_table(df: pd.DataFrame) -> pd.DataFrame:
+    keys = ["optim.lr", "method", "staleness", "band"]
+    g = df.groupby(keys)
+    return pd.DataFrame({"seeds": g.seed.count(), "start": g.eval_accuracy_start.mean(),
+                         "late_mean": g.eval_accuracy_late_mean.mean(), "best": g.eval_accuracy_best.mean(),
+                         "collapsed": g.collapsed.sum(), "clip_frac": g.clip_frac_mean.mean()}).reset_index()
+
+
+def choose_rates(t: pd.DataFrame) -> tuple[float, float, str]:
+    """Rule 1: lr_low = the largest rate where on_policy N=1 gains >= 0.15 and token_clip N=64 loses < 5
+    points against it; lr_high = the smallest rate above it where on_policy still gains >= 0.15 and
+    token_clip N=64 loses >= 10 points or collapses in a seed. Fallback (1e-4, 4e-4)."""
+    rows = {}
+    for lr, g in t.groupby("optim.lr"):
+        ref = g[(g.method == "on_policy") & (g.staleness == 1)]
+        tc = g[(g.method == "token_clip") & (g.staleness == 64)]
+        if ref.empty or tc.empty:
+            continue
+        gain = float(ref.late_mean.iloc[0] - ref.start.iloc[0])
+        loss = float(ref.late_mean.iloc[0] - tc.late_mean.iloc[0])
+        rows[float(lr)] = (gain, loss, int(tc.collapsed.iloc[0]))
+    low = [lr for lr, (gain, loss, _) in rows.items() if gain >= GAIN and loss < BENIGN]
+    lr_low = max(low) if low else None
+    high = [lr for lr, (gain, loss, coll) in rows.items()
+            if lr_low is not None and lr > lr_low and gain >= GAIN and (loss >= BITES or coll > 0)]
+    lr_high = min(high) if high else None
+    why = "; ".join(f"lr {lr:g}: on_policy gain {g:+.3f}, token_clip N=64 loss {l:+.3f}, collapses {c}"
+                    for lr, (g, l, c) in sorted(rows.items()))
+    if lr_low is None or lr_high is None:
+        return 1e-4, 4e-4, f"fallback (no rate qualified for {'lr_low' if lr_low is None else 'lr_high'}): {why}"
+    return lr_low, lr_high, why
+
+
+def choose_band(t: pd.DataFrame, lr: float = 2e-4) -> tuple[str, float, float]:
+    """Rule 2: the GSPO band at N=64, lr 2e-4, whose mean clip_frac is closest to token_clip's in log
+    ratio. Returns (band, its clip_frac, token_clip's)."""
+    g = t[(t["optim.lr"].astype(float).round(12) == round(lr, 12)) & (t.staleness == 64)]
+    target = float(g[g.method == "token_clip"].clip_frac.iloc[0])
+    bands = g[g.method == "gspo"]
+    dist = (np.log(bands.clip_frac.clip(lower=1e-9)) - math.log(max(target, 1e-9))).abs()
+    best = bands.loc[dist.idxmin()]
+    return str(best.band), float(best.clip_frac), target
+
+
+def planning_sd(df: pd.DataFrame) -> float:
+    """Rule 3: pooled sd of late_mean between the pilot seeds, over all cells with two seeds."""
+    keys = ["optim.lr", "method", "staleness", "band"]
+    var = df.groupby(keys).eval_accuracy_late_mean.var(ddof=1).dropna()
+    return float(math.sqrt(var.mean())) if len(var) else float("nan")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("grid_dir")
+    a = ap.parse_args(argv)
+    df = load(a.grid_dir)
+    t = cell_table(df)
+    print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    lo, hi, why = choose_rates(t)
+    print(f"\nrule 1, learning rates: lr_low = {lo:g}, lr_high = {hi:g}  ({why})")
+    band, clip, target = choose_band(t)
+    within = "within" if abs(math.log(max(clip, 1e-9) / max(target, 1e-9))) <= math.log(2) else "NOT within"
+    print(f"rule 2, rescaled GSPO band: {band}, clip_frac {clip:.3f} vs token_clip's {target:.3f} ({within} a factor 2)")
+    sd = planning_sd(df)
+    print(f"rule 3, planning sd of late_mean {sd:.4f}; planning MDE of an 8-seed paired contrast (seed correlation 0): "
+          f"{mde_paired(sd * math.sqrt(2), 8):.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
