@@ -27,7 +27,7 @@ from omegaconf import OmegaConf
 
 from .config import build_config, config_hash, parse_overrides
 from .registry import OffbenchError
-from .results import atomic_write, atomic_write_parquet, git_commit, record_columns, run_record
+from .results import atomic_write, atomic_write_parquet, git_commit, read_parquet_stable, record_columns, run_record
 
 GRID_KEYS = {"jobs", "executor", "ray_address", "dry_run", "project", "allow_dirty"}  # grid options, not run config
 LIST_KEYS = {"plugins", "log.trackers"}  # run keys whose value is a list: given to every cell, never swept
@@ -393,7 +393,7 @@ def collect(grid_dir: str, swept: list[str] | None = None) -> None:
         runs.append(row)
         mpath = os.path.join(d, "metrics.parquet")
         if os.path.isfile(mpath):
-            m = pd.read_parquet(mpath)
+            m = read_parquet_stable(mpath)  # a running cell replaces it at every flush
             m.insert(0, "run_id", rid)
             metrics.append(m)
             if run.get("status") == "finished":

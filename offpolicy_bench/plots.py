@@ -43,6 +43,7 @@ from matplotlib.ticker import FixedLocator, NullLocator
 
 from .registry import OffbenchError
 from .report import _variant_name, load_grid, mean_ci, series_labels, variant_columns
+from .results import read_parquet_stable
 
 # ---------------------------------------------------------------- fixed styles
 # dark, desaturated tones for methods whose registration names no colour (and names not registered)
@@ -150,7 +151,7 @@ def load(grid_dir) -> Grid:
     cols = ["run_id", "step", "split", "metric", "value"]
     metrics = pd.DataFrame(columns=cols)
     if os.path.isfile(mpath):  # only the metrics some figure draws (a big grid has ~50 per step)
-        metrics = pd.read_parquet(mpath, columns=cols, filters=[("metric", "in", sorted(PLOTTED_METRICS))])
+        metrics = read_parquet_stable(mpath, columns=cols, filters=[("metric", "in", sorted(PLOTTED_METRICS))])
     if runs.empty:
         raise OffbenchError(f"{grid_dir}: runs.parquet has no runs to plot")
     if "method" not in runs.columns:

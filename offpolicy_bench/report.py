@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .registry import OffbenchError
-from .results import record_columns
+from .results import read_parquet_stable, record_columns
 from .stats import COLLAPSE_FRACTION, ENDPOINTS, Endpoints, contrast, endpoints, mde, pooled_sd, t_interval
 
 CORE_COLUMNS = set(record_columns("core"))
@@ -115,7 +115,7 @@ def load_grid(grid_dir: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     runs_p, sum_p = os.path.join(grid_dir, "runs.parquet"), os.path.join(grid_dir, "summary.parquet")
     if not os.path.isfile(runs_p) or not os.path.isfile(sum_p):
         raise OffbenchError(f"{grid_dir} has no runs.parquet / summary.parquet: not a grid folder (offbench grid ... name=)")
-    return pd.read_parquet(runs_p), pd.read_parquet(sum_p)
+    return read_parquet_stable(runs_p), read_parquet_stable(sum_p)  # a live grid replaces them
 
 
 
@@ -152,7 +152,7 @@ def endpoint_table(grid_dir: str, summ: pd.DataFrame) -> pd.DataFrame | None:
     else summary.parquet's columns; None when neither holds them."""
     path = os.path.join(grid_dir, "metrics.parquet")
     if os.path.isfile(path):
-        m = pd.read_parquet(path, columns=["run_id", "step", "split", "metric", "value"])
+        m = read_parquet_stable(path, columns=["run_id", "step", "split", "metric", "value"])
         m = m[(m.split == "eval") & (m.metric == "accuracy") & m.run_id.isin(summ.run_id)]
         total = dict(zip(summ.run_id, summ["steps"])) if "steps" in summ else {}
         rows = [{"run_id": rid, **run_endpoints(ev, total.get(rid)).as_dict()} for rid, ev in m.groupby("run_id")]

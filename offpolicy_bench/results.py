@@ -10,6 +10,7 @@ results/<name>/
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -118,6 +119,15 @@ def atomic_write_parquet(df: pd.DataFrame, path: str) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def read_parquet_stable(path: str, **kw) -> pd.DataFrame:
+    """Read a parquet file that a running process may replace at any moment (atomic_write_parquet):
+    through one open handle, so footer and pages come from the same file. pyarrow given a path may open
+    it more than once, and a rename in between pairs the old footer with the new pages ("Couldn't
+    deserialize thrift")."""
+    with open(path, "rb") as f:
+        return pd.read_parquet(io.BytesIO(f.read()), **kw)
 
 
 def versions() -> dict[str, str]:

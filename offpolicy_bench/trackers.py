@@ -40,11 +40,13 @@ def register_tracker(cls):
 def check_trackers(names) -> None:
     """Config validation, before any work: every name is a tracker and its library imports."""
     seen = set()
-    for name in names:
-        cls = TRACKERS.get(name)  # unknown: one line with the valid names
+    for name in names:  # the names first: a typo or a repeat is reported whatever is installed
+        TRACKERS.get(name)  # unknown: one line with the valid names
         if name in seen:
             raise OffbenchError(f"log.trackers names {name!r} twice")
         seen.add(name)
+    for name in names:
+        cls = TRACKERS.get(name)
         try:
             importlib.import_module(cls.requires)
         except Exception as e:  # noqa: BLE001 - missing or broken, the fix is the same

@@ -252,3 +252,41 @@ def test_grid_on_a_dirty_tree_refuses_to_start_unless_allowed(tmp_path, monkeypa
     monkeypatch.setattr(grid, "_run_local", lambda *a: started.append(a) or {})
     grid.run_grid(["seed=[0,1]", *GRID_TINY, f"log.out_dir={tmp_path}", "name=g"])  # a clean tree starts
     assert len(started) == 2
+
+
+def _replace_forever(path, stop):
+    import numpy as np
+
+    from offpolicy_bench.results import atomic_write_parquet
+
+    i = 0
+    while not stop.is_set():
+        n = 2000 + (i % 7) * 3000  # sizes change, so an old footer never fits new pages
+        atomic_write_parquet(pd.DataFrame({"k": np.full(n, i), "v": np.random.rand(n)}), path)
+        i += 1
+
+
+def test_tables_read_while_a_running_cell_replaces_them(tmp_path):
+    """A grid collects its tables while cells rewrite their metrics.parquet (and `offbench report` may read
+    a live grid's tables): pyarrow given a path can open the file twice, and a rename in between paired
+    an old footer with new pages ("Couldn't deserialize thrift", which once stopped a grid). Reads go
+    through one open handle: every read sees one whole version of the file."""
+    import multiprocessing as mp
+
+    from offpolicy_bench.results import atomic_write_parquet, read_parquet_stable
+
+    path = str(tmp_path / "metrics.parquet")
+    atomic_write_parquet(pd.DataFrame({"k": [0], "v": [0.0]}), path)
+    ctx = mp.get_context("spawn")
+    stop = ctx.Event()
+    writer = ctx.Process(target=_replace_forever, args=(path, stop))
+    writer.start()
+    try:
+        reads, t0 = 0, time.time()
+        while time.time() - t0 < 3 or reads < 50:
+            df = read_parquet_stable(path)
+            assert df.k.nunique() == 1  # one version, whole
+            reads += 1
+    finally:
+        stop.set()
+        writer.join(10)
