@@ -63,9 +63,9 @@ def grid(tmp_path, level: dict, sd=0.01, drop=None):
 def probe(top="naive_is"):
     rows = []
     for digits in (2, 8):
-        for m in ("naive_is", "vespo", "token_clip"):
+        for m in V.C6_METHODS + ("cispo",):  # cispo: in the probe, not in C6, ignored
             rows.append({"method": m, "version_gap": 63, "knob.task.digits": digits,
-                         "relative_variance": 10.0 if m == top else 1.0})
+                         "relative_variance": 10.0 if m == top else 50.0 if m == "cispo" else 1.0})
     return pd.DataFrame(rows)
 
 
