@@ -17,7 +17,7 @@ import pandas as pd
 
 from offpolicy_bench.stats import mde_paired
 
-GAIN, BENIGN, BITES = 0.15, 0.05, 0.10
+GAIN = 0.15
 
 
 def load(grid_dir: str) -> pd.DataFrame:
@@ -43,33 +43,33 @@ def cell_table(df: pd.DataFrame) -> pd.DataFrame:
                          "collapsed": g.collapsed.sum(), "clip_frac": g.clip_frac_mean.mean()}).reset_index()
 
 
-def choose_rates(t: pd.DataFrame) -> tuple[float, float, str]:
-    """Rule 1: lr_low = the largest rate where on_policy N=1 gains >= 0.15 and token_clip N=64 loses < 5
-    points against it; lr_high = the smallest rate above it where on_policy still gains >= 0.15 and
-    token_clip N=64 loses >= 10 points or collapses in a seed. Fallback (1e-4, 4e-4)."""
+def choose_rates(t: pd.DataFrame, candidates=(5e-5, 1e-4, 2e-4)) -> tuple[float, float, str]:
+    """Rule 1 as amended (Amendment 1): a candidate rate is usable when on_policy N=1 gains >= 0.15 in
+    late_mean over the start (mean over the seeds) and collapses in no seed; lr_high = the largest usable
+    rate, lr_low = the largest usable rate at most half of it. Returns (lr_low, lr_high, the evidence);
+    None for a role no rate fills."""
     rows = {}
     for lr, g in t.groupby("optim.lr"):
+        if not any(abs(float(lr) - c) < 1e-12 for c in candidates):
+            continue
         ref = g[(g.method == "on_policy") & (g.staleness == 1)]
         tc = g[(g.method == "token_clip") & (g.staleness == 64)]
-        if ref.empty or tc.empty:
+        if ref.empty:
             continue
         gain = float(ref.late_mean.iloc[0] - ref.start.iloc[0])
-        loss = float(ref.late_mean.iloc[0] - tc.late_mean.iloc[0])
-        rows[float(lr)] = (gain, loss, int(tc.collapsed.iloc[0]))
-    low = [lr for lr, (gain, loss, _) in rows.items() if gain >= GAIN and loss < BENIGN]
-    lr_low = max(low) if low else None
-    high = [lr for lr, (gain, loss, coll) in rows.items()
-            if lr_low is not None and lr > lr_low and gain >= GAIN and (loss >= BITES or coll > 0)]
-    lr_high = min(high) if high else None
-    why = "; ".join(f"lr {lr:g}: on_policy gain {g:+.3f}, token_clip N=64 loss {l:+.3f}, collapses {c}"
-                    for lr, (g, l, c) in sorted(rows.items()))
-    if lr_low is None or lr_high is None:
-        return 1e-4, 4e-4, f"fallback (no rate qualified for {'lr_low' if lr_low is None else 'lr_high'}): {why}"
+        loss = float(ref.late_mean.iloc[0] - tc.late_mean.iloc[0]) if len(tc) else float("nan")
+        rows[float(lr)] = (gain, int(ref.collapsed.iloc[0]), int(ref.seeds.iloc[0]), loss)
+    usable = sorted(lr for lr, (gain, coll, _, _) in rows.items() if gain >= GAIN and coll == 0)
+    lr_high = usable[-1] if usable else None
+    low = [lr for lr in usable if lr_high is not None and lr <= lr_high / 2 + 1e-15]
+    lr_low = low[-1] if low else None
+    why = "; ".join(f"lr {lr:g}: on_policy N=1 gain {g:+.3f}, collapses {c} of {n} seeds, token_clip N=64 "
+                    f"{l * 100:+.1f} points below it" for lr, (g, c, n, l) in sorted(rows.items()))
     return lr_low, lr_high, why
 
 
-def choose_band(t: pd.DataFrame, lr: float = 2e-4) -> tuple[str, float, float]:
-    """Rule 2: the GSPO band at N=64, lr 2e-4, whose mean clip_frac is closest to token_clip's in log
+def choose_band(t: pd.DataFrame, lr: float = 1e-4) -> tuple[str, float, float]:
+    """Rule 2 (amended: at lr 1e-4): the GSPO band at N=64 whose mean clip_frac is closest to token_clip's in log
     ratio. Returns (band, its clip_frac, token_clip's)."""
     g = t[(t["optim.lr"].astype(float).round(12) == round(lr, 12)) & (t.staleness == 64)]
     target = float(g[g.method == "token_clip"].clip_frac.iloc[0])
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
     t = cell_table(df)
     print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     lo, hi, why = choose_rates(t)
-    print(f"\nrule 1, learning rates: lr_low = {lo:g}, lr_high = {hi:g}  ({why})")
+    print(f"\nrule 1 (amended), learning rates: lr_low = {lo}, lr_high = {hi}  ({why})")
     band, clip, target = choose_band(t)
     within = "within" if abs(math.log(max(clip, 1e-9) / max(target, 1e-9))) <= math.log(2) else "NOT within"
     print(f"rule 2, rescaled GSPO band: {band}, clip_frac {clip:.3f} vs token_clip's {target:.3f} ({within} a factor 2)")
