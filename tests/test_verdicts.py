@@ -105,6 +105,27 @@ def test_missing_cells_are_never_a_verdict(tmp_path):
     assert v["C7"].startswith("undecided") and v["C2"] == "reproduced"
 
 
+def test_arms_run_at_one_rate_are_judged_at_that_rate(tmp_path):
+    """Amendment 2: the core arms at both rates, the rest at lr_high only."""
+    core = {("on_policy", 1), ("vespo", 64), ("token_clip", 64)}
+
+    d = grid(tmp_path, paper_world)
+    df = V.load(d)
+    lo = df["optim.lr"].astype(float) == 1e-4
+    plain = (df[[k for k in V.KNOBS if not k.startswith("task.")]] == V.DEFAULT).all(axis=1)
+    is_core = [(m, n) in core and model == "dense" and s == LONG_ and p for m, n, model, s, p in
+               zip(df.method, df.staleness, df.model, zip(df.task, df["task.digits"]), plain)]
+    df = df[~lo | pd.Series(is_core, index=df.index)]
+    rows, table = V.verdicts(df, probe())
+    v = dict(zip(table.claim, table.verdict))
+    assert v["C4"] == "reproduced" and table.set_index("claim").loc["C4", "lr=0.0001"] == "not run"
+    assert table.set_index("claim").loc["C2", "lr=0.0001"] == "reproduced"  # vespo - token_clip at N=64 ran
+    assert (table.verdict == "reproduced").all(), table
+
+
+LONG_ = ("math_cot", 8)
+
+
 def test_the_command_prints_the_verdict_table(tmp_path, capsys):
     d = grid(tmp_path, paper_world)
     probe().to_parquet(tmp_path / "probe.parquet")

@@ -5,7 +5,8 @@
 
 Reads runs.parquet + summary.parquet of `offbench grid preset=paper-cpu-v2` and applies the registered
 rules as written there (paired-by-seed contrasts of late_mean, percentile-bootstrap 95% intervals,
-margin delta = 0.05, per learning rate, a claim's overall verdict only where both rates agree).
+margin delta = 0.05, per learning rate, a claim's overall verdict only where the rates it ran at agree;
+Amendment 2 runs most arms at lr_high only).
 Written before any cell of the grid ran; tests/test_verdicts.py checks it on synthetic tables.
 """
 
@@ -211,17 +212,26 @@ def verdicts(df: pd.DataFrame, probe: pd.DataFrame | None = None) -> tuple[list[
     var = c6_variance(probe)
     table = []
     for claim in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
+        mine = [r for r in rows if r.claim == claim]
+        # a contrast whose arms ran at no rate leaves the claim undecided; one that ran at some rates
+        # only (Amendment 2: most arms run at lr_high only) is judged where it ran
+        nowhere = {r.what for r in mine} - {r.what for r in mine if r.verdict != "missing"}
         per_lr = {}
         for lr in lrs:
-            v = [r.verdict for r in rows if r.claim == claim and r.lr == lr]
+            v = [r.verdict for r in mine if r.lr == lr and r.verdict != "missing"]
+            if not v:
+                per_lr[lr] = "not run"
+                continue
+            v += ["missing"] * len(nowhere)
             if claim == "C1":
                 v = v + ["refuted" if max(coll.values()) >= 3 else ("reproduced" if max(coll.values()) <= 1
                                                                       else "undecided")]
             if claim == "C6":
                 v = v + [var]
             per_lr[lr] = combine(v)
-        vals = set(per_lr.values())
-        overall = vals.pop() if len(vals) == 1 else "undecided (the rates disagree)"
+        ran = set(per_lr.values()) - {"not run"}
+        overall = (ran.pop() if len(ran) == 1 else "undecided (the rates disagree)" if ran
+                   else "undecided (cells missing)")
         table.append({"claim": claim, "verdict": overall, **{f"lr={lr:g}": v for lr, v in per_lr.items()}})
     return rows, pd.DataFrame(table)
 
