@@ -205,6 +205,24 @@ def c6_variance(probe: pd.DataFrame | None) -> str:
     return "reproduced" if ok and all(ok) else "refuted"
 
 
+def c3_mechanism(probe: pd.DataFrame | None) -> str:
+    """The registered mechanism check of C3 (reported beside its verdict, not part of it): at the largest
+    gap, naive_is's relative_variance over vespo's, and token_clip's relative_bias, at each probed length."""
+    if probe is None:
+        return "no probe given"
+    by = next(c for c in ("knob.task.digits", "task.digits", "response_len") if c in probe)
+    p = probe[probe.version_gap == probe.version_gap.max()].set_index(["method", by])
+    out = []
+    for length in sorted(probe[by].unique()):
+        try:
+            ratio = p.loc[("naive_is", length), "relative_variance"] / p.loc[("vespo", length), "relative_variance"]
+            bias = p.loc[("token_clip", length), "relative_bias"]
+        except KeyError:
+            return "probe lacks naive_is, vespo or token_clip"
+        out.append(f"{by}={length}: var(naive_is)/var(vespo) {ratio:.2f}, bias(token_clip) {bias:.2f}")
+    return "; ".join(out)
+
+
 def verdicts(df: pd.DataFrame, probe: pd.DataFrame | None = None) -> tuple[list[Row], pd.DataFrame]:
     lrs = sorted(df["optim.lr"].astype(float).unique())
     rows = [r for lr in lrs for r in claim_rows(df, lr)]
@@ -263,6 +281,7 @@ def main(argv=None) -> int:
         detail[c] = (100 * detail[c]).round(1)
     print(markdown(detail.rename(columns={"diff": "diff (points)", "lo": "95% lo", "hi": "95% hi", "mde": "MDE"})))
     print(f"\nC1 collapses of vespo at N=64 (both rates): {c1_collapses(df)}; C6 probe part: {c6_variance(probe)}")
+    print(f"C3 mechanism (probe, gap {probe.version_gap.max() if probe is not None else '-'}): {c3_mechanism(probe)}")
     return 0
 
 
