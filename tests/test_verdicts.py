@@ -49,6 +49,9 @@ def grid(tmp_path, level: dict, sd=0.01, drop=None):
         row = {"run_id": rid, "status": "finished", "method": method, "staleness": n, "model": model, "seed": seed,
                "optim.lr": lr, "task.digits": np.nan, "task.level": np.nan, **{k: np.nan for k in V.KNOBS}}
         row.update(setting)
+        for k, val in V.method_defaults(method).items():  # as the grid records them: resolved values
+            if f"method.{k}" in row:
+                row[f"method.{k}"] = val
         row.update(knobs)
         runs.append(row)
         summ.append({"run_id": rid, "eval_accuracy_late_mean": level(label, n) + rng.normal(0, sd),
@@ -146,8 +149,10 @@ def test_pilot_rules_pick_rates_band_and_sd(tmp_path):
     late = {(5e-5, "on_policy", 1): 0.5, (5e-5, "token_clip", 64): 0.45, (1e-4, "on_policy", 1): 0.7,
             (1e-4, "token_clip", 64): 0.5, (2e-4, "on_policy", 1): 0.0, (2e-4, "token_clip", 64): 0.3}
     clip = {"paper": 0.9, "(0.003, 0.004)": 0.25, "(0.03, 0.04)": 0.02}
+    resolved = {"gspo": (3e-4, 4e-4), "token_clip": (0.2, 0.28)}  # the grid records every cell's resolved eps
     cells = [(lr, m, n, None, v) for (lr, m, n), v in late.items()]
     cells += [(1e-4, "gspo", 64, band, 0.5) for band in (None, (0.003, 0.004), (0.03, 0.04))]
+    cells = [(lr, m, n, band or resolved.get(m), v) for lr, m, n, band, v in cells]
     runs, summ, mets = [], [], []
     for i, ((lr, method, n, band, v), seed) in enumerate(itertools.product(cells, (100, 101))):
         rid = f"r{i}"
@@ -156,7 +161,7 @@ def test_pilot_rules_pick_rates_band_and_sd(tmp_path):
                      "method.eps_high": band[1] if band else np.nan})
         summ.append({"run_id": rid, "eval_accuracy_start": 0.1, "eval_accuracy_late_mean": v + (0.01 if seed == 100
                      else -0.01), "eval_accuracy_best": v + 0.05, "collapsed": v == 0.0})
-        key = "paper" if band is None else f"({band[0]}, {band[1]})"
+        key = "paper" if band == (3e-4, 4e-4) else f"({band[0]:g}, {band[1]:g})" if band else "-"
         cf = 0.3 if method == "token_clip" else clip.get(key, 0.0)
         mets.append({"run_id": rid, "split": "train", "step": 1, "metric": "clip_frac", "value": cf})
     d = tmp_path / "pilot"

@@ -30,8 +30,8 @@ def load(grid_dir: str) -> pd.DataFrame:
     df["clip_frac_mean"] = df.run_id.map(clip)
     for k in ("method.eps_low", "method.eps_high"):
         df[k] = df[k].astype(object).where(df[k].notna(), "default") if k in df else "default"
-    df["band"] = [f"({lo}, {hi})" if lo != "default" else "paper" for lo, hi in zip(df["method.eps_low"],
-                                                                                   df["method.eps_high"])]
+    df["band"] = [("paper" if (m == "gspo" and float(lo) == 3e-4 and float(hi) == 4e-4) else f"({lo:g}, {hi:g})")
+                  if lo != "default" else "-" for m, lo, hi in zip(df.method, df["method.eps_low"], df["method.eps_high"])]
     return df
 
 
@@ -73,7 +73,7 @@ def choose_band(t: pd.DataFrame, lr: float = 1e-4) -> tuple[str, float, float]:
     ratio. Returns (band, its clip_frac, token_clip's)."""
     g = t[(t["optim.lr"].astype(float).round(12) == round(lr, 12)) & (t.staleness == 64)]
     target = float(g[g.method == "token_clip"].clip_frac.iloc[0])
-    bands = g[g.method == "gspo"]
+    bands = g[g.method == "gspo"]  # the paper band and the pilot's wider ones
     dist = (np.log(bands.clip_frac.clip(lower=1e-9)) - math.log(max(target, 1e-9))).abs()
     best = bands.loc[dist.idxmin()]
     return str(best.band), float(best.clip_frac), target
@@ -92,7 +92,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     df = load(a.grid_dir)
     t = cell_table(df)
+    t = t.copy()
+    t["optim.lr"] = t["optim.lr"].map(lambda v: f"{float(v):g}")
     print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    t["optim.lr"] = t["optim.lr"].astype(float)
     lo, hi, why = choose_rates(t)
     print(f"\nrule 1 (amended), learning rates: lr_low = {lo}, lr_high = {hi}  ({why})")
     band, clip, target = choose_band(t)

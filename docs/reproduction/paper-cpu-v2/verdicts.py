@@ -63,7 +63,33 @@ def load(grid_dir: str) -> pd.DataFrame:
         df["model"] = df["model.name"]
     for k in KNOBS:
         df[k] = df[k].astype(object).where(df[k].notna(), DEFAULT) if k in df else DEFAULT
+    # the grid records a swept knob's resolved value in every cell (token_clip's eps_low 0.2, vespo's
+    # c1_neg 3.0): a value equal to the method's own default is that method's default
+    for i, method in zip(df.index, df.method):
+        defaults = method_defaults(method)
+        for k in KNOBS:
+            if k.startswith("method.") and df.at[i, k] != DEFAULT and defaults.get(k[7:]) is not None:
+                if _same(df.at[i, k], defaults[k[7:]]):
+                    df.at[i, k] = DEFAULT
     return df
+
+
+def method_defaults(name: str) -> dict:
+    import dataclasses
+
+    from offpolicy_bench import get_method
+
+    try:
+        return dataclasses.asdict(get_method(name).args())
+    except Exception:  # noqa: BLE001 - an unknown method has no defaults to compare with
+        return {}
+
+
+def _same(a, b) -> bool:
+    try:
+        return abs(float(a) - float(b)) < 1e-12
+    except (TypeError, ValueError):
+        return str(a) == str(b)
 
 
 def select(df: pd.DataFrame, spec: dict, lr) -> pd.DataFrame:
