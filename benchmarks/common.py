@@ -73,3 +73,15 @@ def length_overrides(task: str, length: int | None) -> list[str]:
         raise SystemExit(f"--length needs --task math_cot (got --task {task})")
     digits = min(16, max(1, round(length / 8)))
     return [f"task.digits={digits}", "warmstart.steps=300", "warmstart.max_excess=null"]
+
+
+@torch.no_grad()
+def generate_tokens(model, tok, ids, attn, max_new: int) -> int:
+    """`model.generate` at T=1 (no top-k/top-p), with the scores log mu needs; returns the number of
+    response tokens up to and including each row's first EOS."""
+    out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
+                         max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
+                         output_scores=True, return_dict_in_generate=True)
+    new = out.sequences[:, ids.shape[1]:]
+    ended = (new == tok.eos_token_id).cumsum(-1)
+    return int(((ended == 0) | ((ended == 1) & (new == tok.eos_token_id))).sum())

@@ -16,7 +16,7 @@ import sys
 
 import torch
 
-from common import default_model, emit, interleaved, length_overrides
+from common import default_model, emit, generate_tokens, interleaved, length_overrides
 
 
 def main() -> int:
@@ -54,14 +54,8 @@ def main() -> int:
 
     ids, attn = encode_prompts(tok, [p for p in prompts for _ in range(a.group)])
 
-    @torch.no_grad()
     def hf_generate():
-        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                             output_scores=True, return_dict_in_generate=True)  # scores: what log mu needs
-        new = out.sequences[:, ids.shape[1]:]
-        ended = (new == tok.eos_token_id).cumsum(-1)
-        counts["generate"] = int(((ended == 0) | ((ended == 1) & (new == tok.eos_token_id))).sum())
+        counts["generate"] = generate_tokens(model, tok, ids, attn, max_new)
 
     t = interleaved({"ours": ours, "plain_loop": ours_plain_loop, "generate": hf_generate}, a.repeat)
     tps = {k: counts[k] / t[k] for k in t}

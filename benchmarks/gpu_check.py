@@ -30,7 +30,7 @@ import time
 import torch
 
 import rl_step
-from common import cpu_model, emit
+from common import cpu_model, emit, generate_tokens
 
 QWEN3_06B = dict(hidden_size=1024, num_hidden_layers=28, num_attention_heads=16, num_key_value_heads=8,
                  head_dim=128, intermediate_size=3072, vocab_size=151936)
@@ -120,15 +120,10 @@ def speed(dev, shape: dict, max_new: int, steps: int, repeat: int) -> list[dict]
         sync()
         return int(ro.response_mask.sum())
 
-    @torch.no_grad()
     def generate():
-        out = model.generate(input_ids=ids, attention_mask=attn, do_sample=True, temperature=1.0, top_k=0, top_p=1.0,
-                             max_new_tokens=max_new, pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id,
-                             output_scores=True, return_dict_in_generate=True)
+        n = generate_tokens(model, tok, ids, attn, max_new)
         sync()
-        new = out.sequences[:, ids.shape[1]:]
-        ended = (new == tok.eos_token_id).cumsum(-1)
-        return int(((ended == 0) | ((ended == 1) & (new == tok.eos_token_id))).sum())
+        return n
 
     res = {"ours": [], "generate": []}
     peaks = {}

@@ -220,7 +220,7 @@ def sample(model, tok, prompts: list[str], group_size: int, temperature: float, 
                 fast.select(at)
                 slots, feed, at = rows, feed[at], None
             with tapped(tap, model, slots, slice(p + t, p + t + 1)):
-                out = fast.step(feed, (next_pos[slots, 0]), p + t, mask[slots, : p + t + 1])
+                out = fast.step(feed, next_pos[slots, 0], p + t, mask[slots, : p + t + 1])
             logits = out if at is None else out[at]
             next_pos = next_pos + 1
             continue

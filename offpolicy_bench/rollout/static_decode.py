@@ -57,7 +57,7 @@ class StaticDecoder:
     def __init__(self, model, prefill_cache, capacity: int):
         inner = model.model
         c = model.config
-        self.model, self.eps = model, c.rms_norm_eps
+        self.eps = c.rms_norm_eps
         self.embed, self.norm_w, self.lm_head = inner.embed_tokens, inner.norm.weight, model.lm_head
         self.h, self.kvh = c.num_attention_heads, c.num_key_value_heads
         self.d = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
