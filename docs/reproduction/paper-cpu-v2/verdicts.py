@@ -37,6 +37,11 @@ def arm(method, n, model="dense", setting=LONG, **knobs):
     return {"method": method, "staleness": n, "model": model, **setting, **knobs}
 
 
+# Amendment 2 (PREREGISTRATION.md) cut these contrasts' arms from the grid, and C7 (code) altogether:
+# they are shown as "cut" and leave no claim undecided; a cut claim's verdict is "not run"
+CUT = {"moe: vespo N=16 - on_policy N=1", "vespo - gspo, N=16", "vespo - gspo_rescaled, N=16", "vespo - sapo, N=16"}
+CUT_CLAIMS = {"C7"}
+
 RESCALED = object()
 C6_METHODS = ("naive_is", "token_clip", "gspo", "sapo", "vespo", "topr")  # gspo with a band other than the paper's (the pilot's rescaled band)
 
@@ -255,8 +260,15 @@ def verdicts(df: pd.DataFrame, probe: pd.DataFrame | None = None) -> tuple[list[
     coll = c1_collapses(df)
     var = c6_variance(probe)
     table = []
+    for r in rows:
+        if r.verdict == "missing" and (r.what in CUT or r.claim in CUT_CLAIMS):
+            r.verdict = "cut"
     for claim in ("C1", "C2", "C3", "C4", "C5", "C6", "C7"):
-        mine = [r for r in rows if r.claim == claim]
+        if claim in CUT_CLAIMS:
+            table.append({"claim": claim, "verdict": "not run (cut by Amendment 2)",
+                          **{f"lr={lr:g}": "not run" for lr in lrs}})
+            continue
+        mine = [r for r in rows if r.claim == claim and r.verdict != "cut"]
         # a contrast whose arms ran at no rate leaves the claim undecided; one that ran at some rates
         # only (Amendment 2: most arms run at lr_high only) is judged where it ran
         nowhere = {r.what for r in mine} - {r.what for r in mine if r.verdict != "missing"}
