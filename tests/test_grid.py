@@ -212,6 +212,15 @@ def test_preset_variants_multiply_the_product_and_build_distinct_configs():
         expand(["preset=paper-cpu-ablation", "method.length_norm=lin"])
 
 
+def _cmdline(pid: str) -> str:
+    """A process's command line, "" once it has exited (a short-lived child, e.g. git, can go between
+    pgrep listing it and this read)."""
+    try:
+        return open(f"/proc/{pid}/cmdline").read().replace("\0", " ")
+    except OSError:
+        return ""
+
+
 def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "offbench")
     args = [a for a in GRID_TINY if not a.startswith("train.steps")] + ["train.steps=400"]
@@ -222,7 +231,7 @@ def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
     while time.time() < deadline:
         running = [s for s in statuses(tmp_path / "t").values() if s == "running"]
         kids = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
-        workers = [k for k in kids if "spawn_main" in open(f"/proc/{k}/cmdline").read().replace("\0", " ")]
+        workers = [k for k in kids if "spawn_main" in _cmdline(k)]
         if running and workers:
             break
         time.sleep(0.2)
