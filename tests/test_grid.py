@@ -221,6 +221,14 @@ def _cmdline(pid: str) -> str:
         return ""
 
 
+def _running(pid: str) -> bool:
+    """Alive and not a zombie; a process that exits between the check and the read is not running."""
+    try:
+        return "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+    except OSError:
+        return False
+
+
 def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
     exe = os.path.join(os.path.dirname(sys.executable), "offbench")
     args = [a for a in GRID_TINY if not a.startswith("train.steps")] + ["train.steps=400"]
@@ -239,7 +247,7 @@ def test_sigterm_to_the_grid_stops_its_workers(tmp_path):
     p.send_signal(signal.SIGTERM)  # the grid process alone, not its group
     p.wait(timeout=60)
     time.sleep(1.0)
-    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
+    alive = [w for w in workers if _running(w)]
     assert not alive, f"orphaned workers {alive}"
 
 
