@@ -92,10 +92,8 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     df = load(a.grid_dir)
     t = cell_table(df)
-    t = t.copy()
-    t["optim.lr"] = t["optim.lr"].map(lambda v: f"{float(v):g}")
-    print(t.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
-    t["optim.lr"] = t["optim.lr"].astype(float)
+    shown = t.assign(**{"optim.lr": t["optim.lr"].map(lambda v: f"{float(v):g}")})  # 5e-05, not 0.000
+    print(shown.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     lo, hi, why = choose_rates(t)
     print(f"\nrule 1 (amended), learning rates: lr_low = {lo}, lr_high = {hi}  ({why})")
     band, clip, target = choose_band(t)

@@ -70,8 +70,9 @@ def load(grid_dir: str) -> pd.DataFrame:
         df[k] = df[k].astype(object).where(df[k].notna(), DEFAULT) if k in df else DEFAULT
     # the grid records a swept knob's resolved value in every cell (token_clip's eps_low 0.2, vespo's
     # c1_neg 3.0): a value equal to the method's own default is that method's default
+    by_method = {m: method_defaults(m) for m in df.method.unique()}
     for i, method in zip(df.index, df.method):
-        defaults = method_defaults(method)
+        defaults = by_method[method]
         for k in KNOBS:
             if k.startswith("method.") and df.at[i, k] != DEFAULT and defaults.get(k[7:]) is not None:
                 if _same(df.at[i, k], defaults[k[7:]]):
