@@ -84,7 +84,7 @@ def _report(args) -> int:
 def _plot(args) -> int:
     from .plots import plot_all
 
-    for path in plot_all(args.grid_dir, args.out):
+    for path in plot_all(args.grid_dir, args.out, args.endpoint):
         print(path)
     return 0
 
@@ -215,6 +215,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_plot = sub.add_parser("plot", help="write every paper-style figure of a grid (PNG and PDF)")
     p_plot.add_argument("grid_dir")
     p_plot.add_argument("--out", default=None, help="output folder (default: <grid_dir>/figures)")
+    p_plot.add_argument("--endpoint", default="late_mean", choices=["late_mean", "final", "best"],
+                        help="per-run eval accuracy the accuracy-vs-N figure shows (as offbench report's "
+                             "--endpoint; default late_mean, the mean over the second half of training)")
     p_plot.set_defaults(fn=_plot)
     p_probe = sub.add_parser(
         "probe", help="gradient bias and variance of each method against the on-policy gradient, by version gap",

@@ -10,8 +10,11 @@ Figures (the VESPO paper's figure set, arXiv 2602.10693):
   kernel_figure     every registered method's gradient weight vs its ratio (its registration's curve)
   reward_vs_step    train reward vs gradient step, a panel per method, a line per staleness N
   metric_grid       rows N x columns reward / eval accuracy / length / KL(mu||pi) / entropy / loss
-  accuracy_vs_n     final eval accuracy vs N (log2 axis), 95% CI over seeds (report.mean_ci)
+  accuracy_vs_n     an eval-accuracy endpoint (late_mean by default, as `offbench report`) vs N (log2
+                    axis), 95% CI over seeds (report.mean_ci)
   ablation_figure   eval accuracy and reward vs step per variant of the swept non-core knobs
+  contrast_figure   paired contrasts (A - B with 95% intervals, a margin) as a forest plot, from a
+                    grid's contrasts.csv (written by an analysis such as a reproduction's verdicts.py)
 
 Conventions: one fixed colour per method (the colour its registration carries, a deterministic
 fallback for other names), one fixed line style per N (N_STYLES), a line is the mean over seeds and its band the
@@ -42,8 +45,9 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from .registry import OffbenchError
-from .report import _variant_name, load_grid, mean_ci, series_labels, variant_columns
+from .report import ENDPOINT_TITLES, _variant_name, endpoint_table, load_grid, mean_ci, series_labels, variant_columns
 from .results import read_parquet_stable
+from .stats import ENDPOINTS
 
 # ---------------------------------------------------------------- fixed styles
 # dark, desaturated tones for methods whose registration names no colour (and names not registered)
@@ -59,8 +63,10 @@ SMOOTH_MAX = 10  # the moving-average window grows with the run length up to thi
 LABELS = {
     "step": "gradient step",
     "reward": "train reward (mean per response)",
-    "eval_accuracy": "eval accuracy (held-out; sampled pass@1, greedy if log.eval_samples=0)",
-    "final_accuracy": "final eval accuracy (held-out; sampled pass@1, greedy if log.eval_samples=0)",
+    "eval_accuracy": "eval accuracy (held-out)",
+    "late_mean": "eval accuracy, mean over 2nd half",
+    "final": "eval accuracy at the last step",
+    "best": "best eval accuracy",
     "response_len": "response length (tokens)",
     "kl_mu_pi": "KL(mu||pi) per token (k3)",
     "entropy": "entropy (nats/token)",
@@ -77,6 +83,10 @@ GRID_PANELS = [
     ("train", "loss", LABELS["loss"], "policy-gradient loss"),
 ]
 BAND_NOTE = "line: mean over seeds, band: min-max over seeds"
+# what "eval accuracy" means, in the footer of every figure that draws it (too long for an axis label)
+ACCURACY_NOTE = "eval accuracy: held-out problems, sampled pass@1 (greedy if log.eval_samples=0)"
+CONTRASTS_FILE = "contrasts.csv"
+VERDICT_COLORS = {"reproduced": "#1a9641", "refuted": "#d7191c", "undecided": "#636363"}
 PLOTTED_METRICS = {metric for _, metric, _, _ in GRID_PANELS} | {"reward", "accuracy"}
 
 
@@ -449,18 +459,24 @@ def metric_grid(grid, method=None, smooth: int | None = None) -> Figure:
     if keep is not None:
         what += f" ({', '.join(keep)})"
     _suptitle(fig, _title(g, what), fontsize=11)
-    _footer(fig, _unfinished_note(g))
+    _footer(fig, ACCURACY_NOTE, _unfinished_note(g))
     return fig
 
 
-def accuracy_vs_n(grid, metric: str = "eval_accuracy_final") -> Figure:
-    """Final eval accuracy vs N (log2 axis), a line per method, error bars = 95% CI over seeds."""
+def accuracy_vs_n(grid, endpoint: str = "late_mean") -> Figure:
+    """An eval-accuracy endpoint per run vs N (log2 axis), a line per method, error bars = 95% CI over
+    seeds. `endpoint` (stats.ENDPOINTS): late_mean (default: the mean over the second half of training,
+    the endpoint `offbench report` tabulates), final or best; computed per run from the logged eval
+    points exactly as the report does (report.endpoint_table)."""
+    if endpoint not in ENDPOINTS:
+        raise OffbenchError(f"endpoint {endpoint!r}: choose {', '.join(ENDPOINTS)}")
     g = load(grid)
-    summ = g.summary
-    if summ.empty or metric not in summ.columns:
+    metric = endpoint
+    ep = None if g.summary.empty else endpoint_table(g.path, g.summary, g.metrics)
+    if ep is None or ep.empty:
         df = g.runs.assign(**{metric: np.nan}).iloc[0:0]
     else:
-        df = g.runs.merge(summ[["run_id", metric]], on="run_id", how="inner")
+        df = g.runs.merge(ep[["run_id", metric]], on="run_id", how="inner")
     ctxs = _contexts(g)
     styles = _series_styles(g)
     series = _series_order(g)
@@ -502,7 +518,7 @@ def accuracy_vs_n(grid, metric: str = "eval_accuracy_final") -> Figure:
         else:
             ax.set_xticks(range(len(ns)), [str(n) for n in ns])
         ax.set_xlabel(LABELS["staleness"])
-        ax.set_ylabel(LABELS["final_accuracy"])
+        ax.set_ylabel(LABELS[endpoint])
         _clamp01(ax, "eval", "accuracy")
         ax.grid(alpha=0.3)
         if len(ctxs) > 1:
@@ -512,11 +528,11 @@ def accuracy_vs_n(grid, metric: str = "eval_accuracy_final") -> Figure:
     if handles:
         _side_legend(axes, list(handles.values()), list(handles), fontsize=8,
                    title="method (seeds per N)", title_fontsize=8)
-    _suptitle(fig, _title(g, f"Final eval accuracy vs staleness N (mean, error bar = 95% t-CI over seeds)"),
-                 fontsize=10)
+    _suptitle(fig, _title(g, f"{ENDPOINT_TITLES[endpoint][0].upper()}{ENDPOINT_TITLES[endpoint][1:]} ({endpoint}) "
+                             "vs staleness N (mean, error bar = 95% t-CI over seeds)"), fontsize=10)
     excluded = len(g.runs[~g.runs.run_id.isin(df.run_id)]) + g.unplottable
-    _footer(fig, f"{excluded} of {len(g.runs) + g.unplottable} runs have no summary row (not finished) and are "
-            "not in this plot" if excluded else "")
+    _footer(fig, ACCURACY_NOTE, f"{excluded} of {len(g.runs) + g.unplottable} runs have no summary row (not finished) "
+            "and are not in this plot" if excluded else "")
     return fig
 
 
@@ -558,8 +574,95 @@ def ablation_figure(grid, smooth: int | None = None) -> Figure | None:
                title="variant\n(line: mean over seeds,\nband: min-max over seeds)", title_fontsize=8)
     swept = ", ".join(_variant_name(c) for c in g.variant_columns)
     _suptitle(fig, _title(g, f"Ablation over {swept}"), fontsize=10)
-    _footer(fig, _unfinished_note(g))
+    _footer(fig, ACCURACY_NOTE, _unfinished_note(g))
     return fig
+
+
+def contrast_figure(table: pd.DataFrame, title: str = "Paired contrasts") -> Figure:
+    """A forest plot of paired contrasts: a row per contrast (A - B in accuracy points, x100 of the
+    table's fractions), its 95% interval as a bar, grouped by `group` (a claim) with a panel per
+    `panel` (e.g. a learning rate) when the table has one. Columns: label, diff, lo, hi; optional group,
+    panel, verdict (reproduced / refuted / undecided: the marker's colour; anything else grey),
+    n (seeds) and mde (shown beside the label), margin (dashed lines at +-margin). Rows without a
+    difference (a contrast whose arms did not run) are listed in the footer, never drawn."""
+    need = {"label", "diff", "lo", "hi"}
+    if not need <= set(table.columns):
+        raise OffbenchError(f"contrast table lacks {', '.join(sorted(need - set(table.columns)))}; "
+                            "it needs label, diff, lo, hi (group, panel, verdict, n, mde, margin optional)")
+    t = table.copy()
+    for c, d in (("group", ""), ("panel", ""), ("verdict", "")):
+        if c not in t:
+            t[c] = d
+        t[c] = t[c].fillna(d).astype(str)
+    drawn = t[np.isfinite(t["diff"].astype(float))]
+    skipped = t[~np.isfinite(t["diff"].astype(float))]
+    panels = list(dict.fromkeys(t.panel))
+    groups = list(dict.fromkeys(t.group))
+    order = [(gname, lab) for gname in groups for lab in dict.fromkeys(t[t.group == gname].label)]
+    fig, axes = _new_figure(1, len(panels), 2.6, max(3.0, 0.3 * len(order) + 1.4))
+    longest = max((len(str(g)) + len(str(lab)) for g, lab in order), default=10)
+    fig.set_figwidth(fig.get_figwidth() + 0.065 * (longest + 16) + 1.8)  # the row labels and the legend
+    margin = float(t["margin"].dropna().iloc[0]) if "margin" in t and t["margin"].notna().any() else None
+    ypos = {key: -i for i, key in enumerate(order)}
+    for pi, (ax, panel) in enumerate(zip(axes[0], panels)):
+        part = drawn[drawn.panel == panel]
+        for _, r in part.iterrows():
+            y = ypos[(r.group, r.label)]
+            color = VERDICT_COLORS.get(r.verdict, "#9e9e9e")
+            ax.plot([100 * r.lo, 100 * r.hi], [y, y], color=color, lw=2.2, solid_capstyle="butt")
+            ax.plot([100 * r["diff"]], [y], "o", color=color, ms=5, gid=f"{r.group}|{r.label}|{panel}")
+        ax.axvline(0, color="0.3", lw=0.8)
+        if margin is not None:
+            for m in (-margin, margin):
+                ax.axvline(100 * m, color="0.5", lw=0.8, ls="--")
+        # group separators and, in the first panel only, the row labels
+        bounds = [ypos[(gname, next(lab for g2, lab in order if g2 == gname))] + 0.5 for gname in groups]
+        for b in bounds[1:]:
+            ax.axhline(b, color="0.85", lw=0.8)
+        ax.set_ylim(-len(order) + 0.4, 0.6)
+        ticks, labels = [], []
+        for gname, lab in order:
+            row = t[(t.group == gname) & (t.label == lab)].iloc[0]
+            extra = []
+            if "n" in t and pd.notna(row.get("n")) and row.get("n"):
+                extra.append(f"n={int(row['n'])}")
+            if "mde" in t and pd.notna(row.get("mde")) and np.isfinite(float(row["mde"])):
+                extra.append(f"MDE {100 * float(row['mde']):.1f}")
+            ticks.append(ypos[(gname, lab)])
+            labels.append((f"{gname}: " if gname else "") + lab + (f"  ({', '.join(extra)})" if extra else ""))
+        ax.set_yticks(ticks, labels if pi == 0 else [""] * len(ticks), fontsize=7)
+        ax.set_xlabel("A - B (accuracy points)", fontsize=8)
+        ax.set_ylabel("contrast" if pi == 0 else " ", fontsize=8)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.grid(axis="x", alpha=0.3)
+        if panel:
+            ax.set_title(panel, fontsize=9)
+    handles = [Line2D([], [], color=c, marker="o", lw=2.2) for c in VERDICT_COLORS.values()]
+    labels = list(VERDICT_COLORS)
+    if margin is not None:
+        handles.append(Line2D([], [], color="0.5", ls="--", lw=0.8))
+        labels.append(f"margin +-{100 * margin:g} points")
+    _side_legend(axes, handles, labels, fontsize=8, title="verdict of the contrast\n(dot: mean paired\ndifference, bar: 95%\ninterval)",
+                 title_fontsize=8)
+    _suptitle(fig, title, fontsize=10)
+    notes = []
+    for panel in panels:  # contrasts whose arms did not run: named when few, else counted
+        sk = skipped[skipped.panel == panel]
+        if not len(sk):
+            continue
+        kinds = ", ".join(f"{k or 'no verdict'} {v}" for k, v in sk.verdict.value_counts().sort_index().items())
+        names = "; ".join(f"{r.group + ': ' if r.group else ''}{r.label}" for _, r in sk.iterrows())
+        where = f" at {panel}" if panel else ""
+        notes.append(f"not drawn{where} (arms not run): {names}" if len(sk) <= 3
+                     else f"not drawn{where} (arms not run): {len(sk)} contrasts ({kinds})")
+    _footer(fig, "\n".join(line for n in notes for line in textwrap.wrap(n, 150)))
+    return fig
+
+
+def read_contrasts(grid_dir) -> pd.DataFrame | None:
+    """<grid_dir>/contrasts.csv when an analysis wrote one, else None."""
+    path = os.path.join(os.fspath(grid_dir), CONTRASTS_FILE)
+    return pd.read_csv(path) if os.path.isfile(path) else None
 
 
 # ---------------------------------------------------------------- saving
@@ -616,23 +719,29 @@ def save(fig: Figure, out_dir, stem: str) -> list:
     return paths
 
 
-def figures(grid) -> dict:
-    """stem -> Figure for every figure that applies to this grid (kernel included)."""
+def figures(grid, endpoint: str = "late_mean") -> dict:
+    """stem -> Figure for every figure that applies to this grid (kernel included; the contrast
+    figure when the grid folder holds a contrasts.csv)."""
     g = load(grid)
     out = {"kernel": kernel_figure(), "reward_vs_step": reward_vs_step(g), "metric_grid": metric_grid(g),
-           "accuracy_vs_n": accuracy_vs_n(g)}
+           "accuracy_vs_n": accuracy_vs_n(g, endpoint)}
     abl = ablation_figure(g)
     if abl is not None:
         out["ablation"] = abl
+    con = read_contrasts(g.path)
+    if con is not None:
+        out["contrasts"] = contrast_figure(con, f"Paired contrasts of {g.name} ({CONTRASTS_FILE})")
     return out
 
 
-def plot_all(grid_dir, out_dir=None) -> list:
+def plot_all(grid_dir, out_dir=None, endpoint: str = "late_mean") -> list:
     """Write every applicable figure of a grid as PNG and PDF; returns the written paths."""
+    if endpoint not in ENDPOINTS:
+        raise OffbenchError(f"--endpoint {endpoint!r}: choose {', '.join(ENDPOINTS)}")
     g = load(grid_dir)
     out_dir = out_dir or os.path.join(os.fspath(grid_dir), "figures")
     paths = []
-    for stem, fig in figures(g).items():
+    for stem, fig in figures(g, endpoint).items():
         paths += save(fig, out_dir, stem)
         fig.clear()
     return paths

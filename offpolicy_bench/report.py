@@ -146,13 +146,15 @@ def parse_contrasts(specs, methods) -> list[tuple[str, str]]:
     return out
 
 
-def endpoint_table(grid_dir: str, summ: pd.DataFrame) -> pd.DataFrame | None:
+def endpoint_table(grid_dir: str, summ: pd.DataFrame, metrics: pd.DataFrame | None = None) -> pd.DataFrame | None:
     """run_id, final, best, late_mean, collapsed, dip of every summarized run: recomputed from
     metrics.parquet when the grid has it (grids summarized before late_mean existed included),
-    else summary.parquet's columns; None when neither holds them."""
+    else summary.parquet's columns; None when neither holds them. `metrics`: the grid's long metrics
+    table already read (at least its eval accuracy rows), instead of reading the file again."""
     path = os.path.join(grid_dir, "metrics.parquet")
-    if os.path.isfile(path):
-        m = read_parquet_stable(path, columns=["run_id", "step", "split", "metric", "value"])
+    if metrics is not None or os.path.isfile(path):
+        m = metrics if metrics is not None else read_parquet_stable(
+            path, columns=["run_id", "step", "split", "metric", "value"])
         m = m[(m.split == "eval") & (m.metric == "accuracy") & m.run_id.isin(summ.run_id)]
         total = dict(zip(summ.run_id, summ["steps"])) if "steps" in summ else {}
         rows = [{"run_id": rid, **run_endpoints(ev, total.get(rid)).as_dict()} for rid, ev in m.groupby("run_id")]

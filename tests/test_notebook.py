@@ -2,9 +2,11 @@
 
 import json
 import os
+import shutil
 import sys
 
 import nbformat
+import pandas as pd
 import pytest
 
 NOTEBOOK = os.path.join(os.path.dirname(__file__), os.pardir, "notebooks", "paper_figures.ipynb")
@@ -43,7 +45,14 @@ def test_notebook_runs_on_the_tiny_grid(tiny_grid, tmp_path, monkeypatch):
     monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
     nb = read()
     out = tmp_path / "figs"
-    parameters_cell(nb).source = f"GRID_DIR = {str(tiny_grid)!r}\nOUT_DIR = {str(out)!r}"
+    grid = tmp_path / "grid"  # the tiny grid's tables plus a contrasts.csv (the contrast cell draws it)
+    grid.mkdir()
+    for name in ("runs.parquet", "metrics.parquet", "summary.parquet"):
+        shutil.copy(tiny_grid / name, grid / name)
+    pd.DataFrame([{"group": "C1", "label": "vespo - token_clip", "diff": 0.05, "lo": -0.01, "hi": 0.11,
+                   "verdict": "undecided", "margin": 0.05}]).to_csv(grid / "contrasts.csv", index=False)
+    # as papermill does: the parameters cell keeps its defaults, the injected values follow them
+    parameters_cell(nb).source += f"\nGRID_DIR = {str(grid)!r}\nOUT_DIR = {str(out)!r}"
     nbclient.NotebookClient(nb, kernel_name="python3", timeout=600,
                             resources={"metadata": {"path": str(tmp_path)}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
@@ -52,3 +61,5 @@ def test_notebook_runs_on_the_tiny_grid(tiny_grid, tmp_path, monkeypatch):
     assert len(images) >= 4  # kernel, reward vs step, metric grid, accuracy vs N
     assert any("token_clip" in o.get("data", {}).get("text/markdown", "") for o in outputs)  # the table
     assert (out / "kernel.png").is_file() and (out / "accuracy_vs_n.pdf").is_file()
+    assert (out / "contrasts.png").is_file()
+    assert any("late_mean" in o.get("data", {}).get("text/markdown", "") for o in outputs)  # the table's endpoint

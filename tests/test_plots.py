@@ -201,3 +201,83 @@ def test_bookkeeping_columns_of_runs_table_are_never_variants():
                          "wall_time_s": [10.0, 11.0], "status": ["finished"] * 2})
     assert variant_columns(runs) == []
     assert {"peak_rss_mb", "wall_time_s", "git_commit", "versions", "error"} <= META_COLUMNS
+
+
+def test_accuracy_vs_n_shows_the_reports_endpoint_and_says_which(tiny_grid, tmp_path):
+    from offpolicy_bench import report
+
+    d = tables_only(tiny_grid, tmp_path / "g")
+    m = pd.read_parquet(d / "metrics.parquet")  # tiny runs score 0: give each run its own rising-then-falling curve
+    ev = (m.split == "eval") & (m.metric == "accuracy")
+    rank = m.run_id.map({r: i for i, r in enumerate(sorted(m.run_id.unique()))})
+    m.loc[ev, "value"] = (0.1 + 0.05 * rank + 0.3 * np.sin(m.step / m.step.max() * 2.5)).loc[ev]
+    last = m[ev & (m.step == m.step.max())]  # and a second point in the late half: late_mean != final
+    m = pd.concat([m, last.assign(step=(3 * m.step.max()) // 4 + 1, value=last.value + 0.2)], ignore_index=True)
+    m.to_parquet(d / "metrics.parquet")
+    g = plots.load(str(d))
+    ep = report.endpoint_table(str(d), g.summary)  # the report's own per-run endpoints
+    runs = g.runs.merge(ep, on="run_id")
+    for endpoint in ("late_mean", "final", "best"):
+        fig = plots.accuracy_vs_n(g, endpoint)
+        ax = axes_of(fig)[0]
+        assert ax.get_ylabel() == plots.LABELS[endpoint] and endpoint in fig.get_suptitle()
+        assert plots.ACCURACY_NOTE in fig.get_supxlabel()
+        for line in ax.get_lines():
+            if line.get_gid() in set(runs.method):
+                want = runs[runs.method == line.get_gid()].groupby("staleness")[endpoint].mean().sort_index()
+                assert np.allclose(line.get_ydata(), want.to_numpy()), (endpoint, line.get_gid())
+    # the three endpoints are different numbers here (else this test could not tell them apart)
+    assert not np.allclose(runs.late_mean, runs.final) and not np.allclose(runs.best, runs.final)
+    with pytest.raises(plots.OffbenchError, match="choose late_mean, final, best"):
+        plots.accuracy_vs_n(g, "last")
+
+
+def test_offbench_plot_endpoint_flag_and_bad_value(tiny_grid, tmp_path):
+    g = tables_only(tiny_grid, tmp_path / "g")
+    r = offbench("plot", str(g), "--endpoint", "final", "--out", str(tmp_path / "f"))
+    assert r.returncode == 0 and os.path.isfile(tmp_path / "f" / "accuracy_vs_n.png"), r.stderr
+    r = offbench("plot", str(g), "--endpoint", "last")
+    assert r.returncode == 2 and "--endpoint" in r.stderr and "late_mean" in r.stderr
+
+
+def contrasts():
+    return pd.DataFrame([
+        {"group": "C1", "panel": "lr=1e-4", "label": "a - b", "diff": 0.02, "lo": -0.01, "hi": 0.05, "n": 8,
+         "mde": 0.04, "verdict": "reproduced", "margin": 0.05},
+        {"group": "C1", "panel": "lr=1e-4", "label": "c - b", "diff": -0.3, "lo": -0.4, "hi": -0.2, "n": 8,
+         "mde": 0.06, "verdict": "refuted", "margin": 0.05},
+        {"group": "C2", "panel": "lr=1e-4", "label": "a - c", "diff": 0.0, "lo": -0.08, "hi": 0.08, "n": 8,
+         "mde": 0.11, "verdict": "undecided", "margin": 0.05},
+        {"group": "C2", "panel": "lr=5e-5", "label": "a - c", "diff": np.nan, "lo": np.nan, "hi": np.nan, "n": 0,
+         "mde": np.nan, "verdict": "missing", "margin": 0.05},
+    ])
+
+
+def test_contrast_figure_draws_each_interval_in_points_coloured_by_verdict():
+    fig = plots.contrast_figure(contrasts(), "t")
+    panels = axes_of(fig)
+    assert [ax.get_title() for ax in panels] == ["lr=1e-4", "lr=5e-5"]
+    dots = {ln.get_gid(): ln for ax in panels for ln in ax.get_lines() if ln.get_gid()}
+    assert set(dots) == {"C1|a - b|lr=1e-4", "C1|c - b|lr=1e-4", "C2|a - c|lr=1e-4"}  # the missing one: not drawn
+    assert dots["C1|c - b|lr=1e-4"].get_xdata()[0] == pytest.approx(-30.0)
+    assert to_hex(dots["C1|c - b|lr=1e-4"].get_color()) == plots.VERDICT_COLORS["refuted"]
+    assert to_hex(dots["C1|a - b|lr=1e-4"].get_color()) == plots.VERDICT_COLORS["reproduced"]
+    # the interval is a bar from lo to hi in points, on the dot's row
+    ax = panels[0]
+    y = dots["C2|a - c|lr=1e-4"].get_ydata()[0]
+    bars = [ln for ln in ax.get_lines() if not ln.get_gid() and list(ln.get_ydata()) == [y, y]]
+    assert [list(b.get_xdata()) for b in bars] == [[pytest.approx(-8.0), pytest.approx(8.0)]]
+    # the margin lines at +-5 points, and the row labels say n and the MDE
+    assert {round(ln.get_xdata()[0], 6) for ln in ax.get_lines() if ln.get_linestyle() == "--"} == {-5.0, 5.0}
+    assert "C2: a - c  (n=8, MDE 11.0)" in [t.get_text() for t in ax.get_yticklabels()]
+    assert "not drawn at lr=5e-5 (arms not run): C2: a - c" in fig.get_supxlabel()
+    with pytest.raises(plots.OffbenchError, match="lacks hi, lo"):
+        plots.contrast_figure(contrasts().drop(columns=["lo", "hi"]))
+
+
+def test_plot_all_draws_the_contrasts_a_grid_folder_holds(tiny_grid, tmp_path):
+    g = tables_only(tiny_grid, tmp_path / "g")
+    assert "contrasts" not in plots.figures(str(g))
+    contrasts().to_csv(g / plots.CONTRASTS_FILE, index=False)
+    names = {os.path.basename(p) for p in plots.plot_all(str(g))}
+    assert {"contrasts.png", "contrasts.pdf"} <= names

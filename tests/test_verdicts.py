@@ -155,6 +155,23 @@ if __name__ == "__main__":
     pytest.main([__file__])
 
 
+def test_contrasts_file_holds_every_contrast_in_the_plot_schema(tmp_path):
+    from offpolicy_bench import plots
+
+    d = grid(tmp_path, paper_world, drop=lambda m, n, model, setting, knobs: setting is CODE)
+    out = tmp_path / "contrasts.csv"
+    assert V.main([d, "--contrasts", str(out)]) == 0
+    t = pd.read_csv(out)
+    rows, _ = V.verdicts(V.load(d))
+    assert len(t) == len(rows) and set(t.margin) == {V.DELTA}
+    assert list(t.group) == [r.claim for r in rows] and list(t.verdict) == [r.verdict for r in rows]
+    assert np.allclose(t["diff"], [r.diff for r in rows], equal_nan=True)
+    assert set(t.panel) == {"lr=0.0001", "lr=0.0004"}
+    fig = plots.contrast_figure(t)
+    drawn = {ln.get_gid() for ax in fig.axes for ln in ax.get_lines() if ln.get_gid()}
+    assert len(drawn) == int(np.isfinite(t["diff"]).sum()) and "code: vespo - token_clip" in fig.get_supxlabel()
+
+
 def test_pilot_rules_pick_rates_band_and_sd(tmp_path):
     spec_p = importlib.util.spec_from_file_location("pilot", os.path.join(ROOT, "docs/reproduction/paper-cpu-v2/pilot.py"))
     P = importlib.util.module_from_spec(spec_p)

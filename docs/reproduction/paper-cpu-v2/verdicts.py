@@ -1,13 +1,15 @@
 """The verdict of every claim of PREREGISTRATION.md, computed from a grid's committed tables.
 
     python docs/reproduction/paper-cpu-v2/verdicts.py docs/reproduction/paper-cpu-v2 \
-        [--probe docs/probe/probe.parquet] [--format md|csv]
+        [--probe docs/probe/probe.parquet] [--format md|csv] [--contrasts FILE.csv]
 
 Reads runs.parquet + summary.parquet of `offbench grid preset=paper-cpu-v2` and applies the registered
 rules as written there (paired-by-seed contrasts of late_mean, percentile-bootstrap 95% intervals,
 margin delta = 0.05, per learning rate, a claim's overall verdict only where the rates it ran at agree;
 Amendment 2 runs most arms at lr_high only).
 Written before any cell of the grid ran; tests/test_verdicts.py checks it on synthetic tables.
+--contrasts writes every contrast row in the schema `offbench plot` draws as its contrast figure
+(plots.contrast_figure; it picks up <grid>/contrasts.csv): output only, the rules are unchanged.
 """
 
 from __future__ import annotations
@@ -293,6 +295,12 @@ def verdicts(df: pd.DataFrame, probe: pd.DataFrame | None = None) -> tuple[list[
     return rows, pd.DataFrame(table)
 
 
+def contrast_table(rows: list[Row]) -> pd.DataFrame:
+    """The contrast rows as plots.contrast_figure reads them (fractions of accuracy, margin = DELTA)."""
+    return pd.DataFrame([{"group": r.claim, "panel": f"lr={r.lr:g}", "label": r.what, "diff": r.diff, "lo": r.lo,
+                          "hi": r.hi, "mde": r.mde, "n": r.n, "verdict": r.verdict, "margin": DELTA} for r in rows])
+
+
 def markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + " |"
@@ -305,10 +313,14 @@ def main(argv=None) -> int:
     ap.add_argument("grid_dir")
     ap.add_argument("--probe", default=None)
     ap.add_argument("--format", choices=("md", "csv"), default="md")
+    ap.add_argument("--contrasts", default=None, metavar="FILE.csv",
+                    help="also write every contrast row there (what `offbench plot` draws from <grid>/contrasts.csv)")
     a = ap.parse_args(argv)
     df = load(a.grid_dir)
     probe = pd.read_parquet(a.probe) if a.probe else None
     rows, table = verdicts(df, probe)
+    if a.contrasts:
+        contrast_table(rows).to_csv(a.contrasts, index=False)
     detail = pd.DataFrame([r.__dict__ for r in rows])
     if a.format == "csv":
         print(table.to_csv(index=False))
