@@ -26,6 +26,7 @@ from .method import get_method
 from .models import load_model
 from .offpolicy import WeightRing, engine_gap
 from .results import RunWriter, record_from_config
+from .stats import endpoints
 from .rollout import sample, sequence_logprobs
 from .rollout.engines import make_engine
 from .routing import RoutingReplay
@@ -198,6 +199,7 @@ def train(cfg: DictConfig, log=print) -> dict:
     ev = evaluate(model, tok, task, cfg)
     writer.log(0, "eval", ev)
     first_eval, last_eval, best_eval = ev["accuracy"], ev["accuracy"], ev["accuracy"]
+    evals = [(0, ev["accuracy"])]  # (step, accuracy): the headline's late mean (stats.endpoints)
     writer.flush()
     bar = _progress(cfg, total)
     step, status, t_start, last = 0, "finished", time.time(), {}
@@ -238,6 +240,7 @@ def train(cfg: DictConfig, log=print) -> dict:
                     ev = evaluate(model, tok, task, cfg)
                     writer.log(step, "eval", ev)
                     last_eval, best_eval = ev["accuracy"], max(best_eval, ev["accuracy"])
+                    evals.append((step, ev["accuracy"]))
                     writer.flush()
                     model.train()
                 bar.update(1)
@@ -259,9 +262,18 @@ def train(cfg: DictConfig, log=print) -> dict:
                    "final_kl_mu_pi": last.get("kl_mu_pi"), "final_abs_log_w": last.get("abs_log_w_mean"),
                    "train_time_s": round(time.time() - t_start, 1)}
         writer.finish(status, summary, error=error)
-        log(f"{status}: eval accuracy {first_eval:.3f} -> {last_eval:.3f} (best {best_eval:.3f}) "
-            f"after {step} gradient steps; results in {writer.dir}")
+        log(headline(status, evals, total, step, writer.dir))
     return {**summary, "status": status, "dir": writer.dir}
+
+
+def headline(status: str, evals: list, total: int, steps_done: int, where) -> str:
+    """The run's last line. Its headline number is the late mean (stats.endpoints: every eval point
+    after the run's midpoint): one eval point moves by several points between evaluations, and which
+    way the last one falls depends on float summation order (the CPU), so the late mean is what the
+    report and the grids use; the last and the best point follow it. evals: [(step, accuracy), ...]."""
+    e = endpoints([s for s, _ in evals], [a for _, a in evals], total)
+    return (f"{status}: eval accuracy {evals[0][1]:.3f} -> {e.late_mean:.3f} mean over the second half of training "
+            f"(last {e.final:.3f}, best {e.best:.3f}) after {steps_done} gradient steps; results in {where}")
 
 
 class _GracefulStop:

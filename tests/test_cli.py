@@ -40,6 +40,12 @@ def test_tiny_run_writes_a_complete_run_folder(tmp_path):
     gaps = train[train.metric == "version_gap"].sort_values("step").value.tolist()
     assert gaps == [0.0, 1.0, 0.0, 1.0]
     assert sorted(df[df.split == "eval"].step.unique()) == [0, 2, 4]
+    # the headline: start -> mean of the evaluations after the midpoint (here only step 4's: step 2 is
+    # the midpoint itself), then the last and the best, as logged
+    acc = df[(df.split == "eval") & (df.metric == "accuracy")].set_index("step").value
+    head = [ln for ln in r.stdout.splitlines() if ln.startswith("finished: eval accuracy")]
+    assert head == [f"finished: eval accuracy {acc[0]:.3f} -> {acc[4]:.3f} mean over the second half of training "
+                    f"(last {acc[4]:.3f}, best {acc.max():.3f}) after 4 gradient steps; results in {d}"], r.stdout
     lines = open(d / "summary.json").read().splitlines()
     assert len(lines) == 1 and json.loads(lines[0])["steps_done"] == 4
     from omegaconf import OmegaConf
@@ -125,6 +131,19 @@ def test_ctrl_c_leaves_a_valid_unfinished_run(tmp_path):
     summary = json.loads(open(d / "summary.json").read())
     assert summary["status"] == "interrupted" and 2 <= summary["steps_done"] < 4000
     assert df[df.split == "train"].step.max() == summary["steps_done"]
+
+
+def test_headline_is_the_late_mean_then_last_and_best():
+    from offpolicy_bench.trainer import headline
+
+    evals = [(0, 0.40), (64, 0.70), (128, 0.80), (192, 0.90), (256, 0.45)]
+    # steps 192 and 256 are after the midpoint (128): late mean 0.675; the last point is a dip
+    assert headline("finished", evals, 256, 256, "d") == (
+        "finished: eval accuracy 0.400 -> 0.675 mean over the second half of training (last 0.450, best 0.900) "
+        "after 256 gradient steps; results in d")
+    # stopped early: the late half is judged against the planned length, the last point always in it
+    assert headline("interrupted", evals[:2], 256, 70, "d").startswith(
+        "interrupted: eval accuracy 0.400 -> 0.700 mean over the second half of training (last 0.700, best 0.700)")
 
 
 def test_trainer_names_no_method():
