@@ -92,8 +92,12 @@ class ChainOfThoughtSum(GeneratedTask):
     @classmethod
     def default_warmstart_steps(cls, args: CotArgs) -> int:
         # each column is a local rule: the built-in models reach the entropy floor (within 0.01) in
-        # ~600 steps of 64 chains at 4 digits under every float-kernel dispatch tried (RESULTS.md)
-        return 800
+        # ~600 steps of 64 chains at 4 digits under every float-kernel dispatch tried (RESULTS.md).
+        # Longer chains need longer: at 8 digits 800 steps (cosine decay) reached the floor on an
+        # AVX-512 CPU but stopped at 0.28 nats/token (floor 0.035) on an AVX2-only one, while 2400
+        # steps were within 0.01 of it by step 1200 on both dispatches there (RESULTS.md, 2026-12-01).
+        # 300 steps per digit beyond 4 digits; above 8 digits not measured
+        return 800 if args.digits <= 4 else 300 * args.digits
 
     def problem(self, rng: random.Random) -> Example:
         hi = 10 ** self.cfg.digits - 1
