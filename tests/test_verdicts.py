@@ -172,6 +172,18 @@ def test_contrasts_file_holds_every_contrast_in_the_plot_schema(tmp_path):
     assert len(drawn) == int(np.isfinite(t["diff"]).sum()) and "code: vespo - token_clip" in fig.get_supxlabel()
 
 
+def test_starts_line_gives_each_warm_starts_range_of_start_accuracy_and_fit(tmp_path):
+    d = grid(tmp_path, paper_world)
+    df = V.load(d)
+    assert V.starts(df).startswith("not recorded")
+    df["eval_accuracy_start"] = np.where(df.model == "moe", 0.20, np.where(df.seed == 3, 0.121, 0.118))
+    df["warmstart_excess_loss"] = 0.003
+    line = V.starts(df)
+    assert "dense, math_cot, 8 digits: " in line and "start 0.118-0.121" in line and "moe, math_cot, 8 digits" in line
+    assert "dense, code: 32 cells" in line  # a task without digits is named by itself
+    assert "start 0.200-0.200, fit excess 0.0030-0.0030" in line
+
+
 def test_pilot_rules_pick_rates_band_and_sd(tmp_path):
     spec_p = importlib.util.spec_from_file_location("pilot", os.path.join(ROOT, "docs/reproduction/paper-cpu-v2/pilot.py"))
     P = importlib.util.module_from_spec(spec_p)

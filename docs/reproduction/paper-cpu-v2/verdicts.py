@@ -301,6 +301,27 @@ def contrast_table(rows: list[Row]) -> pd.DataFrame:
                           "hi": r.hi, "mde": r.mde, "n": r.n, "verdict": r.verdict, "margin": DELTA} for r in rows])
 
 
+def starts(df: pd.DataFrame) -> str:
+    """Whether the cells of each warm start began from one policy (Amendment 3: cells run on several
+    machines are pooled; a converged warm start gives the same start everywhere, and this line shows
+    it did): per model and length, the range of the start accuracy and of the warm start's fit excess."""
+    cols = {"eval_accuracy_start", "warmstart_excess_loss"}
+    if not cols <= set(df.columns):
+        return "not recorded (" + ", ".join(sorted(cols - set(df.columns))) + " missing)"
+    out = []
+    def length(row):
+        try:
+            return f"{row.task}, {int(float(row['task.digits']))} digits"
+        except (TypeError, ValueError):
+            return str(row.task)
+
+    for (model, where), g in df.groupby([df.model, df.apply(length, axis=1)], sort=True):
+        a, e = g.eval_accuracy_start.astype(float), g.warmstart_excess_loss.astype(float)
+        out.append(f"{model}, {where}: {len(g)} cells, start {a.min():.3f}-{a.max():.3f}, "
+                   f"fit excess {e.min():.4f}-{e.max():.4f}")
+    return "; ".join(out)
+
+
 def markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + " |"
@@ -331,7 +352,8 @@ def main(argv=None) -> int:
     for c in ("diff", "lo", "hi", "mde"):
         detail[c] = (100 * detail[c]).round(1)
     print(markdown(detail.rename(columns={"diff": "diff (points)", "lo": "95% lo", "hi": "95% hi", "mde": "MDE"})))
-    print(f"\nC1 collapses of vespo at N=64 (both rates): {c1_collapses(df)}; C6 probe part: {c6_variance(probe)}")
+    print(f"\nStarts (Amendment 3): {starts(df)}")
+    print(f"C1 collapses of vespo at N=64 (both rates): {c1_collapses(df)}; C6 probe part: {c6_variance(probe)}")
     print(f"C3 mechanism (probe, gap {probe.version_gap.max() if probe is not None else '-'}): {c3_mechanism(probe)}")
     return 0
 
