@@ -471,7 +471,7 @@ def accuracy_vs_n(grid, endpoint: str = "late_mean") -> Figure:
     if endpoint not in ENDPOINTS:
         raise OffbenchError(f"endpoint {endpoint!r}: choose {', '.join(ENDPOINTS)}")
     g = load(grid)
-    metric = endpoint
+    metric = endpoint  # the endpoint_table column drawn
     ep = None if g.summary.empty else endpoint_table(g.path, g.summary, g.metrics)
     if ep is None or ep.empty:
         df = g.runs.assign(**{metric: np.nan}).iloc[0:0]
@@ -604,6 +604,18 @@ def contrast_figure(table: pd.DataFrame, title: str = "Paired contrasts") -> Fig
     fig.set_figwidth(fig.get_figwidth() + 0.065 * (longest + 16) + 1.8)  # the row labels and the legend
     margin = float(t["margin"].dropna().iloc[0]) if "margin" in t and t["margin"].notna().any() else None
     ypos = {key: -i for i, key in enumerate(order)}
+    # the same rows in every panel: group separators and row labels (shown in the first panel only)
+    bounds = [ypos[(gname, next(lab for g2, lab in order if g2 == gname))] + 0.5 for gname in groups]
+    ticks, labels = [], []
+    for gname, lab in order:
+        row = t[(t.group == gname) & (t.label == lab)].iloc[0]
+        extra = []
+        if "n" in t and pd.notna(row.get("n")) and row.get("n"):
+            extra.append(f"n={int(row['n'])}")
+        if "mde" in t and pd.notna(row.get("mde")) and np.isfinite(float(row["mde"])):
+            extra.append(f"MDE {100 * float(row['mde']):.1f}")
+        ticks.append(ypos[(gname, lab)])
+        labels.append((f"{gname}: " if gname else "") + lab + (f"  ({', '.join(extra)})" if extra else ""))
     for pi, (ax, panel) in enumerate(zip(axes[0], panels)):
         part = drawn[drawn.panel == panel]
         for _, r in part.iterrows():
@@ -615,21 +627,9 @@ def contrast_figure(table: pd.DataFrame, title: str = "Paired contrasts") -> Fig
         if margin is not None:
             for m in (-margin, margin):
                 ax.axvline(100 * m, color="0.5", lw=0.8, ls="--")
-        # group separators and, in the first panel only, the row labels
-        bounds = [ypos[(gname, next(lab for g2, lab in order if g2 == gname))] + 0.5 for gname in groups]
         for b in bounds[1:]:
             ax.axhline(b, color="0.85", lw=0.8)
         ax.set_ylim(-len(order) + 0.4, 0.6)
-        ticks, labels = [], []
-        for gname, lab in order:
-            row = t[(t.group == gname) & (t.label == lab)].iloc[0]
-            extra = []
-            if "n" in t and pd.notna(row.get("n")) and row.get("n"):
-                extra.append(f"n={int(row['n'])}")
-            if "mde" in t and pd.notna(row.get("mde")) and np.isfinite(float(row["mde"])):
-                extra.append(f"MDE {100 * float(row['mde']):.1f}")
-            ticks.append(ypos[(gname, lab)])
-            labels.append((f"{gname}: " if gname else "") + lab + (f"  ({', '.join(extra)})" if extra else ""))
         ax.set_yticks(ticks, labels if pi == 0 else [""] * len(ticks), fontsize=7)
         ax.set_xlabel("A - B (accuracy points)", fontsize=8)
         ax.set_ylabel("contrast" if pi == 0 else " ", fontsize=8)
