@@ -42,7 +42,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex, to_rgb
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, NullFormatter, NullLocator
 
 from .registry import OffbenchError
 from .report import ENDPOINT_TITLES, _variant_name, endpoint_table, load_grid, mean_ci, series_labels, variant_columns
@@ -687,6 +687,11 @@ def probe_plane(table: pd.DataFrame) -> Figure:
             ax.plot([x, x], [0, r["bias_noise_floor"]], color=method_color(r["method"]), lw=0.6, alpha=0.5)
             handles.setdefault(r["method"], h)
         ax.set_xscale("log")
+        xs = sub["variance_vs_reference"][np.isfinite(sub["variance_vs_reference"]) & (sub["variance_vs_reference"] > 0)]
+        if len(xs):  # whole decades, labelled at the decades only: a range inside one decade got
+            lo, hi = np.floor(np.log10(xs.min())), np.ceil(np.log10(xs.max()))  # overlapping minor labels
+            ax.set_xlim(10 ** lo, 10 ** max(hi, lo + 1))
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_title(f"version gap {k}", fontsize=9)
         ax.set_xlabel("tr Cov(g) / |reference|^2 (one mini-batch)", fontsize=8)
         ax.grid(alpha=0.3)

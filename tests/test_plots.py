@@ -281,3 +281,23 @@ def test_plot_all_draws_the_contrasts_a_grid_folder_holds(tiny_grid, tmp_path):
     contrasts().to_csv(g / plots.CONTRASTS_FILE, index=False)
     names = {os.path.basename(p) for p in plots.plot_all(str(g))}
     assert {"contrasts.png", "contrasts.pdf"} <= names
+
+
+def test_probe_plane_labels_whole_decades_and_shows_every_point():
+    """A panel whose variances sit inside one decade (gap 0: every method the same) labelled its minor
+    ticks, which overlapped; each panel now spans whole decades, labelled only there."""
+    rows = []
+    for gap, xs in ((0, [0.16, 0.17, 0.66, 0.82]), (63, [0.0175, 0.3, 5.55, 142.0])):
+        for i, x in enumerate(xs):
+            rows.append({"method": ["naive_is", "token_clip", "vespo", "gspo"][i], "version_gap": gap,
+                         "response_len": 17.9 if i % 2 else 65.8, "variance_vs_reference": x,
+                         "relative_bias": 0.1 * i, "bias_noise_floor": 0.05})
+    fig = plots.probe_plane(pd.DataFrame(rows))
+    fig.canvas.draw()
+    for ax, xs in zip(fig.axes[:2], ([0.16, 0.17, 0.66, 0.82], [0.0175, 0.3, 5.55, 142.0])):
+        lo, hi = ax.get_xlim()
+        assert lo <= min(xs) and max(xs) <= hi
+        assert np.log10(lo) == np.floor(np.log10(lo)) and np.log10(hi) == np.floor(np.log10(hi))  # decades
+        shown = [t for t in ax.xaxis.get_majorticklocs() if lo <= t <= hi]
+        assert len(shown) >= 2 and all(np.isclose(np.log10(t), round(np.log10(t))) for t in shown)
+        assert all(not t.get_text() for t in ax.xaxis.get_minorticklabels())
