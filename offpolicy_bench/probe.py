@@ -31,12 +31,15 @@ Per method x gap (x response length), written to `<out>/probe.parquet`:
   m_pos_Z, m_pos_EQ_W, m_pos_E_phi2, m_pos_E_W2 for Theorem 3.1's terms).
 A method that skips a mini-batch (step_skipped) contributes a zero gradient there: that is its
 estimator. Response length is the measured mean over the mu mini-batches (`response_len`).
+Every row also records git_commit (the code that ran) and machine (JSON: CPU model, torch's CPU
+kernel dispatch, cores, threads; results.machine), since the figures differ between CPUs.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import json
 import math
 import os
 import random
@@ -101,7 +104,7 @@ def run_probe(overrides: list[str], log=print):
     import pandas as pd
 
     from .config import build_config
-    from .results import atomic_write_parquet
+    from .results import atomic_write_parquet, loaded_commit, machine
 
     opts, fixed, swept, methods = parse_probe_args(overrides)
     settings = [fixed + [f"{k}={v}" for (k, _), v in zip(swept, combo)]
@@ -121,8 +124,9 @@ def run_probe(overrides: list[str], log=print):
         log(f"probe setting {knobs or '(defaults)'}: {len(methods)} methods x gaps {opts['version_gap']}, "
             f"{opts['batches']} mini-batches, reference {opts['ref_batches']}")
         rows = probe_setting(per_method, opts["version_gap"], opts["batches"], opts["ref_batches"], log=log)
+        stamp = {"git_commit": loaded_commit(), "machine": json.dumps(machine(), sort_keys=True)}  # what the figures hold on
         for r in rows:
-            r.update({f"knob.{k}": v for k, v in knobs.items()})
+            r.update({f"knob.{k}": v for k, v in knobs.items()}, **stamp)
         frames.append(pd.DataFrame(rows))
         log(f"  setting done in {time.time() - t0:.0f} s")
         table = pd.concat(frames, ignore_index=True)

@@ -2,7 +2,8 @@
 
 results/<name>/
   config.yaml      the resolved config (every value that ran)
-  run.json         run_id, status (running | finished | interrupted | failed), versions, commit, wall time
+  run.json         run_id, status (running | finished | interrupted | failed), versions, commit, machine,
+                   wall time
   metrics.parquet  long: step, split, metric, value
   summary.json     one line: the headline numbers
 """
@@ -10,6 +11,7 @@ results/<name>/
 from __future__ import annotations
 
 import dataclasses
+import functools
 import io
 import json
 import os
@@ -62,6 +64,7 @@ class RunRecord:
     versions: str = _col("meta")  # JSON of package versions
     warmstart_key: str = _col("meta")
     warmstart_excess_loss: float = _col("meta")
+    machine: str = _col("meta")  # JSON of machine(): CPU model, torch's CPU kernel dispatch, cores, threads
 
 
 def record_columns(role: str) -> dict[str, str | None]:
@@ -79,6 +82,7 @@ def run_record(cfg: DictConfig | None, run: dict) -> dict:
     """A full runs.parquet row from a run folder's config and run.json (config wins where both say)."""
     row = {f.name: run.get(f.name) for f in dataclasses.fields(RunRecord)}
     row["versions"] = json.dumps(run.get("versions", {}), sort_keys=True)
+    row["machine"] = json.dumps(run["machine"], sort_keys=True) if run.get("machine") else None  # older runs: none
     if cfg is not None:
         row.update(record_from_config(cfg))
     return row
@@ -140,6 +144,41 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine() -> dict:
+    """What a float result depends on beyond the code and the seed: the CPU, and the kernels torch
+    dispatches to on it (`ATEN_CPU_CAPABILITY` can lower that; the same seed can give another trajectory
+    under another dispatch: README, "Two commands"), with the cores and the threads used."""
+    import torch
+
+    try:
+        capability = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:  # older torch
+        capability = "unknown"
+    return {"cpu": _cpu_model(), "cpu_capability": capability, "cores": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(), "platform": f"{platform.system()} {platform.machine()}"}
+
+
+@functools.cache
+def loaded_commit() -> str | None:
+    """The commit of the code this process runs: git_commit() at its first call, then the same
+    answer. A grid's workers import the code once and run many cells; a commit or an edit made in the
+    checkout while they run does not change the code they run, so it must not change what their cells
+    record. (The grid's refusal of a dirty tree asks git_commit() afresh: its workers import the tree
+    as it is then.)"""
+    return git_commit()
+
+
 def git_commit() -> str | None:
     here = os.path.dirname(os.path.abspath(__file__))
     try:
@@ -178,7 +217,7 @@ class RunWriter:
             if os.path.exists(os.path.join(self.dir, stale)):
                 os.unlink(os.path.join(self.dir, stale))
         self.run = {"run_id": run_id, "name": cfg.name, "status": "running", "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                    "git_commit": git_commit(), "versions": versions(), **extra}
+                    "git_commit": loaded_commit(), "versions": versions(), "machine": machine(), **extra}
         atomic_write(os.path.join(self.dir, "config.yaml"), OmegaConf.to_yaml(cfg).encode())
         self.trackers = Trackers.for_run(cfg, self.dir, run_id)  # log.trackers; none by default
         self._write_run()

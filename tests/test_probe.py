@@ -7,6 +7,7 @@ token-mean loss divides it by T: the reference is -grad J / T, computed by enume
 pi = theta_0 + gap * step * d for a fixed direction d (a policy `gap` steps newer)."""
 
 import itertools
+import json
 import math
 
 import pandas as pd
@@ -197,6 +198,7 @@ def test_probe_command_writes_table_and_figure(tmp_path):
     assert (g2["ess"] < 1.0).all() and g2["cosine_to_onpolicy"].nunique() > 1
     assert (out / "probe.png").exists()
     assert "cosine_to_onpolicy" in r.stdout
+    assert df.git_commit.nunique() == 1 and df.machine.map(lambda m: json.loads(m)["cpu_capability"]).nunique() == 1
     # at gap 0 the plug-in is the others' gradient halved: same direction, half the norm
     assert half.loc[0, "cosine_to_onpolicy"] == pytest.approx(g0["cosine_to_onpolicy"].iloc[0], rel=1e-6)
     assert half.loc[0, "grad_norm_ratio"] == pytest.approx(0.5 * g0["grad_norm_ratio"].iloc[0], rel=1e-6)

@@ -46,3 +46,41 @@ def test_grid_tables_hold_the_record_and_only_extra_swept_keys(tiny_grid):
     # the grid swept method, staleness and seed: all three are record fields, so no extra column
     assert set(runs.columns) == record
     assert runs.warmstart_key.notna().all() and (runs.status == "finished").all()
+    machines = runs.machine.map(json.loads)  # each cell names the CPU and dispatch it ran on
+    assert machines.map(lambda m: bool(m["cpu"]) and bool(m["cpu_capability"]) and m["torch_threads"] == max(1, m["cores"] // 2)).all()  # jobs=2
+
+
+def test_machine_names_the_cpu_and_the_kernels_torch_dispatches_to():
+    """results.machine() against independent sources: /proc/cpuinfo's model name, and a dispatch forced
+    with ATEN_CPU_CAPABILITY (the switch benchmarks/RESULTS.md measures under)."""
+    import os
+    import subprocess
+    import sys
+
+    code = "import json; from offpolicy_bench.results import machine; print(json.dumps(machine()))"
+    forced = json.loads(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                                       env={**os.environ, "ATEN_CPU_CAPABILITY": "default"}).stdout)
+    assert forced["cpu_capability"] == "DEFAULT"
+    assert forced["cores"] == os.cpu_count() and forced["torch_threads"] >= 1
+    if os.path.exists("/proc/cpuinfo"):
+        names = [ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")]
+        if names:
+            assert forced["cpu"] == names[0]
+
+
+def test_a_run_records_the_commit_its_process_loaded_not_a_later_one(tmp_path, monkeypatch):
+    """A grid worker imports the code once and runs many cells; a commit or an edit in the checkout
+    meanwhile must not change the commit its later cells record (they still run the loaded code)."""
+    from offpolicy_bench import results
+
+    answers = iter(["1111111111111111111111111111111111111111", "2222222222222222222222222222222222222222-dirty"])
+    monkeypatch.setattr(results, "git_commit", lambda: next(answers))
+    results.loaded_commit.cache_clear()
+    try:
+        for name in ("a", "b"):
+            assert main(["run", "method=token_clip", "staleness=2", *TINY, f"log.out_dir={tmp_path}", f"name={name}"]) == 0
+        recorded = [json.load(open(tmp_path / n / "run.json")) for n in ("a", "b")]
+    finally:
+        results.loaded_commit.cache_clear()
+    assert [r["git_commit"] for r in recorded] == ["1111111111111111111111111111111111111111"] * 2
+    assert all(r["machine"]["cpu_capability"] for r in recorded)

@@ -252,3 +252,13 @@ def test_the_registered_preset_holds_every_arm_the_verdicts_read(tmp_path):
     assert {r.what for r in out if r.verdict == "cut"} == V.CUT | {"code: vespo - token_clip, N=64"}
     assert all(r.n == 8 for r in out if r.verdict not in ("missing", "cut"))
     assert not table.verdict.str.contains("cells missing").any(), table
+
+
+def test_machines_line_counts_cells_per_cpu_and_dispatch(tmp_path):
+    df = V.load(grid(tmp_path, paper_world))
+    assert V.machines(df) == f"not recorded: {len(df)} cells"
+    avx2 = '{"cores": 2, "cpu": "AMD EPYC", "cpu_capability": "AVX2", "torch_threads": 1}'
+    df["machine"] = np.where(df.seed < 2, None, avx2)
+    line = V.machines(df)
+    assert f"AMD EPYC (AVX2): {int((df.seed >= 2).sum())} cells" in line
+    assert f"not recorded: {int((df.seed < 2).sum())} cells" in line

@@ -322,6 +322,22 @@ def starts(df: pd.DataFrame) -> str:
     return "; ".join(out)
 
 
+def machines(df: pd.DataFrame) -> str:
+    """Which CPUs and kernel dispatches the pooled cells ran on (run.json `machine`; cells run before
+    the harness recorded it count as "not recorded", and the grid's README names their machine)."""
+    import json
+
+    def name(m):
+        if not isinstance(m, str) or not m:
+            return "not recorded"
+        m = json.loads(m)
+        return f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')})"
+
+    col = df["machine"] if "machine" in df else pd.Series([""] * len(df), index=df.index)
+    counts = col.map(name).value_counts()
+    return "; ".join(f"{k}: {v} cells" for k, v in sorted(counts.items()))
+
+
 def markdown(df: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
     lines += ["| " + " | ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in row) + " |"
@@ -353,6 +369,7 @@ def main(argv=None) -> int:
         detail[c] = (100 * detail[c]).round(1)
     print(markdown(detail.rename(columns={"diff": "diff (points)", "lo": "95% lo", "hi": "95% hi", "mde": "MDE"})))
     print(f"\nStarts (Amendment 3): {starts(df)}")
+    print(f"Machines: {machines(df)}")
     print(f"C1 collapses of vespo at N=64 (both rates): {c1_collapses(df)}; C6 probe part: {c6_variance(probe)}")
     print(f"C3 mechanism (probe, gap {probe.version_gap.max() if probe is not None else '-'}): {c3_mechanism(probe)}")
     return 0
