@@ -57,3 +57,19 @@ def test_no_citation_of_files_outside_the_repository():
                 if fn.endswith((".py", ".md")) and fn != "test_docs.py":
                     assert "SCIENCE.md" not in open(os.path.join(dirpath, fn)).read(), os.path.join(dirpath, fn)
     assert "SCIENCE.md" not in open(README).read()
+
+
+def test_probe_doc_tables_are_the_committed_probe_table():
+    """docs/PROBE.md's tables are what docs/probe/tables.py prints from the committed docs/probe/probe.parquet
+    (every number recomputable from committed files)."""
+    import importlib.util
+
+    import pandas as pd
+
+    spec = importlib.util.spec_from_file_location("probe_tables", os.path.join(ROOT, "docs", "probe", "tables.py"))
+    tables = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tables)
+    printed = tables.tables(pd.read_parquet(os.path.join(ROOT, "docs", "probe", "probe.parquet")))
+    doc = open(os.path.join(ROOT, "docs", "PROBE.md")).read()
+    rows = [ln for ln in printed.splitlines() if ln.startswith(("|", "**"))]
+    assert len(rows) > 60 and all(ln in doc for ln in rows), [ln for ln in rows if ln not in doc][:3]
