@@ -7,6 +7,8 @@ import time
 
 import torch
 
+from offpolicy_bench.results import cpu_model  # the CPU name every figure is stated with (gpu_check imports it from here)
+
 
 def default_model(extra: list[str] | None = None):
     from offpolicy_bench.config import build_config
@@ -29,19 +31,6 @@ def timeit(fn, repeat: int = 5, warmup: int = 1) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return sorted(ts)[len(ts) // 2]
-
-
-def cpu_model() -> str:
-    """The CPU model name (`lscpu`'s Model name), which every figure is stated with."""
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or "unknown"
 
 
 def emit(obj: dict) -> None:

@@ -60,10 +60,9 @@ def main() -> int:
                    "max_version_gap": m.version_gap.max(), "wall_s": round(time.time() - t0, 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
-    import platform
+    from offpolicy_bench.results import cpu_model
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     print(json.dumps({"summary": "offpolicyness", "settings": a.settings, "date": time.strftime("%Y-%m-%d"),
                       "cpu": cpu, "rows": len(rows)}))
     return 0

@@ -79,10 +79,9 @@ def main() -> int:
 
 
 def summary(rows: int) -> None:
-    import platform
+    from offpolicy_bench.results import cpu_model
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    cpu = cpu_model()
     print(json.dumps({"summary": "routing_replay", "date": time.strftime("%Y-%m-%d"), "cpu": cpu, "rows": rows}))
 
 

@@ -144,7 +144,8 @@ def versions() -> dict[str, str]:
     return out
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
+    """The CPU model name (`lscpu`'s Model name), which every figure is stated with."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -165,7 +166,7 @@ def machine() -> dict:
         capability = torch.backends.cpu.get_cpu_capability()
     except AttributeError:  # older torch
         capability = "unknown"
-    return {"cpu": _cpu_model(), "cpu_capability": capability, "cores": os.cpu_count(),
+    return {"cpu": cpu_model(), "cpu_capability": capability, "cores": os.cpu_count(),
             "torch_threads": torch.get_num_threads(), "platform": f"{platform.system()} {platform.machine()}"}
 
 
