@@ -26,11 +26,11 @@ def _fmt(v: float) -> str:
 def tables(probe: pd.DataFrame) -> str:
     knobs = [c for c in probe.columns if c.startswith("knob.")]
     out = []
-    if "machine" in probe:
-        for m in probe.machine.dropna().unique():
+    if "machine" in probe:  # each machine with the commits that ran on it
+        for m, rows in probe.dropna(subset=["machine"]).groupby("machine"):
             m = json.loads(m)
             out.append(f"Machine: {m.get('cpu')} ({m.get('cpu_capability')}), {m.get('torch_threads')} thread(s); "
-                       f"commit {', '.join(sorted(probe.git_commit.dropna().astype(str).str[:7].unique()))}\n")
+                       f"commit {', '.join(sorted(rows.git_commit.dropna().astype(str).str[:7].unique()))}\n")
     groups = probe.groupby(knobs, sort=False) if knobs else [((), probe)]
     for key, setting in groups:
         key = key if isinstance(key, tuple) else (key,)
