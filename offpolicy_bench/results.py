@@ -170,6 +170,16 @@ def machine() -> dict:
             "torch_threads": torch.get_num_threads(), "platform": f"{platform.system()} {platform.machine()}"}
 
 
+def machine_name(m: dict | str | None) -> str:
+    """A recorded `machine` (the dict of `machine()`, or its JSON as run.json and the tables store it)
+    as "CPU (kernel dispatch)", the name every table gives a machine; "not recorded" when absent."""
+    if isinstance(m, str):
+        m = json.loads(m) if m.strip() else None
+    if not isinstance(m, dict) or not m:  # None, "", or NaN from a table's empty cell
+        return "not recorded"
+    return f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')})"
+
+
 @functools.cache
 def loaded_commit() -> str | None:
     """The commit of the code this process runs: git_commit() at its first call, then the same

@@ -84,3 +84,13 @@ def test_a_run_records_the_commit_its_process_loaded_not_a_later_one(tmp_path, m
         results.loaded_commit.cache_clear()
     assert [r["git_commit"] for r in recorded] == ["1111111111111111111111111111111111111111"] * 2
     assert all(r["machine"]["cpu_capability"] for r in recorded)
+
+
+def test_machine_name_reads_the_recorded_dict_or_its_json_and_says_when_absent():
+    from offpolicy_bench.results import machine_name
+
+    m = {"cpu": "AMD EPYC", "cpu_capability": "AVX2", "cores": 2, "torch_threads": 1}
+    assert machine_name(m) == "AMD EPYC (AVX2)"
+    assert machine_name(json.dumps(m)) == "AMD EPYC (AVX2)"
+    for absent in (None, "", float("nan"), {}):
+        assert machine_name(absent) == "not recorded"

@@ -14,6 +14,8 @@ import sys
 
 import pandas as pd
 
+from offpolicy_bench.results import machine_name
+
 COLUMNS = {"cosine_to_onpolicy": "cosine", "relative_bias": "relative bias", "bias_noise_floor": "noise floor",
            "relative_variance": "variance / abs(mean)^2", "variance_vs_reference": "variance / abs(ref)^2",
            "relative_mse": "relative MSE"}
@@ -28,8 +30,7 @@ def tables(probe: pd.DataFrame) -> str:
     out = []
     if "machine" in probe:  # each machine with the commits that ran on it
         for m, rows in probe.dropna(subset=["machine"]).groupby("machine"):
-            m = json.loads(m)
-            out.append(f"Machine: {m.get('cpu')} ({m.get('cpu_capability')}), {m.get('torch_threads')} thread(s); "
+            out.append(f"Machine: {machine_name(m)}, {json.loads(m).get('torch_threads')} thread(s); "
                        f"commit {', '.join(sorted(rows.git_commit.dropna().astype(str).str[:7].unique()))}\n")
     groups = probe.groupby(knobs, sort=False) if knobs else [((), probe)]
     for key, setting in groups:

@@ -325,16 +325,10 @@ def starts(df: pd.DataFrame) -> str:
 def machines(df: pd.DataFrame) -> str:
     """Which CPUs and kernel dispatches the pooled cells ran on (run.json `machine`; cells run before
     the harness recorded it count as "not recorded", and the grid's README names their machine)."""
-    import json
-
-    def name(m):
-        if not isinstance(m, str) or not m:
-            return "not recorded"
-        m = json.loads(m)
-        return f"{m.get('cpu', '?')} ({m.get('cpu_capability', '?')})"
+    from offpolicy_bench.results import machine_name
 
     col = df["machine"] if "machine" in df else pd.Series([""] * len(df), index=df.index)
-    counts = col.map(name).value_counts()
+    counts = col.map(machine_name).value_counts()
     return "; ".join(f"{k}: {v} cells" for k, v in sorted(counts.items()))
 
 
