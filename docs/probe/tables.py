@@ -30,7 +30,8 @@ def tables(probe: pd.DataFrame) -> str:
     out = []
     if "machine" in probe:  # each machine with the commits that ran on it
         for m, rows in probe.dropna(subset=["machine"]).groupby("machine"):
-            out.append(f"Machine: {machine_name(m)}, {json.loads(m).get('torch_threads')} thread(s); "
+            m = json.loads(m)
+            out.append(f"Machine: {machine_name(m)}, {m.get('torch_threads')} thread(s); "
                        f"commit {', '.join(sorted(rows.git_commit.dropna().astype(str).str[:7].unique()))}\n")
     groups = probe.groupby(knobs, sort=False) if knobs else [((), probe)]
     for key, setting in groups:
